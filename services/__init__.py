@@ -1,0 +1,1 @@
+"""The back-end services of the organism image search: embedder, search, fetcher."""

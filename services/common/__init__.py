@@ -1,0 +1,1 @@
+"""Code every service and the gateway share: errors, HTTP client, logging, health, settings."""
