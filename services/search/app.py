@@ -1,0 +1,118 @@
+"""The search service's FastAPI app: lifespan opens the index and the metadata once; thin routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, Path, Request
+
+from services.common.errors import ErrorResponse, NotReady
+from services.common.schemas.search import Hit, QueryHits, Record, SearchRequest, SearchResponse, SearchStats
+from services.common.service import BlockingPool, create_service_app
+from services.search.engine import Query, SearchEngine, SearchOutcome
+from services.search.index import VectorIndex
+from services.search.metadata import MetadataStore
+from services.search.settings import SearchSettings
+
+logger = logging.getLogger(__name__)
+
+ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+
+def get_engine(request: Request) -> SearchEngine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise NotReady("the index and metadata are not loaded yet")
+    return engine
+
+
+def get_pool(request: Request) -> BlockingPool:
+    return request.app.state.pool
+
+
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+PoolDep = Annotated[BlockingPool, Depends(get_pool)]
+
+
+def _open_engine(settings: SearchSettings) -> SearchEngine:
+    index = VectorIndex.open(settings.resolved_index_path, mmap=settings.mmap)
+    metadata = MetadataStore(settings.resolved_metadata_path, threads=settings.duckdb_threads)
+    return SearchEngine(index, metadata, max_candidates=settings.max_candidates)
+
+
+def _to_response(outcome: SearchOutcome, body: SearchRequest) -> SearchResponse:
+    return SearchResponse(
+        results=[
+            QueryHits(
+                hits=[
+                    Hit(rank=hit.rank, similarity=round(hit.similarity, 6), record=Record.model_validate(hit.row))
+                    for hit in result.hits
+                ],
+                candidates=result.candidates,
+                exhausted=result.exhausted,
+            )
+            for result in outcome.results
+        ],
+        top_n=body.top_n,
+        nprobe=outcome.nprobe,
+        scope=body.scope,
+        took_ms=round(outcome.took_ms, 3),
+    )
+
+
+def create_app(settings: SearchSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.pool = BlockingPool(settings.blocking_threads)
+        app.state.engine = await app.state.pool.run(_open_engine, settings)
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        app.state.engine.metadata.close()
+
+    app = create_service_app(
+        "search",
+        title="Search",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_bytes=settings.max_request_bytes,
+        description="Nearest records for query vectors: a FAISS index plus DuckDB metadata.",
+    )
+
+    @app.post("/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+    async def search(body: SearchRequest, engine: EngineDep, pool: PoolDep) -> SearchResponse:
+        """Nearest records for one or more query vectors, in rank order, filled to top_n within the scope."""
+        query = Query(
+            vectors=np.asarray(body.vectors, dtype=np.float32),
+            top_n=body.top_n,
+            nprobe=body.nprobe or settings.default_nprobe,
+            scope=body.scope,
+        )
+        return _to_response(await pool.run(engine.search, query), body)
+
+    @app.get("/v1/records/{record_id}", response_model=Record, responses=ERRORS, tags=["records"])
+    async def record(record_id: Annotated[int, Path(ge=0, le=2**31 - 1)], engine: EngineDep, pool: PoolDep) -> Record:
+        """One metadata row with its source URL."""
+        return Record.model_validate(await pool.run(engine.record, record_id))
+
+    @app.get("/v1/stats", response_model=SearchStats, tags=["search"])
+    async def stats(engine: EngineDep) -> SearchStats:
+        """What the index and the metadata hold."""
+        index = engine.index
+        return SearchStats(
+            index_type=index.kind,
+            vectors=index.size,
+            dim=index.dim,
+            nlist=index.nlist,
+            default_nprobe=index.clamp_nprobe(settings.default_nprobe),
+            metric=index.metric,
+            metadata_rows=engine.metadata.rows,
+            url_layout=engine.metadata.url_layout,
+        )
+
+    return app
