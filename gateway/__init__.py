@@ -1,0 +1,1 @@
+"""The gateway: the public entry point, serving the web page and /api/*, orchestrating the services."""

@@ -1,0 +1,7 @@
+"""`python -m gateway`: run the gateway with settings from GATEWAY_* variables."""
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from services.common.serve import serve
+
+serve("gateway", create_app, GatewaySettings())

@@ -1,0 +1,56 @@
+"""The gateway's FastAPI app: the page at /, the API under /api, one httpx client to the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from gateway.clients import ServiceClients
+from gateway.routes import health, records, search
+from gateway.settings import GatewaySettings
+from services.common.http import make_async_client
+from services.common.service import create_service_app
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = make_async_client(
+            connect=settings.connect_timeout,
+            read=settings.search_timeout,
+            max_connections=settings.max_connections,
+            user_agent=settings.user_agent,
+        )
+        app.state.settings = settings
+        app.state.clients = ServiceClients(client, settings)
+        app.state.ready = True
+        async with client:
+            yield
+        app.state.ready = False
+
+    app = create_service_app(
+        "gateway",
+        title="BioCLIP image search",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_bytes=settings.max_upload_bytes,
+        description="Search a labelled collection of organism photos by photo or by taxon name.",
+    )
+    app.include_router(search.router)
+    app.include_router(records.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # The page lives at / and its files under /static, so /api paths never fall through to files.
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app

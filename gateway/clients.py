@@ -1,0 +1,116 @@
+"""The gateway's calls to the embedder, search and fetcher services, over one shared httpx client."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gateway.settings import GatewaySettings
+from services.common.errors import ServiceError, UpstreamError
+from services.common.http import raise_for_upstream, upstream
+from services.common.schemas.embedder import EmbedResponse
+from services.common.schemas.search import Record, SearchRequest, SearchResponse
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    data: bytes
+    media_type: str
+    headers: dict[str, str]
+    not_modified: bool = False
+
+
+class ServiceClients:
+    def __init__(self, client: httpx.AsyncClient, settings: GatewaySettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.urls = {
+            "embedder": settings.embedder_url.rstrip("/"),
+            "search": settings.search_url.rstrip("/"),
+            "fetcher": settings.fetcher_url.rstrip("/"),
+        }
+
+    def _timeout(self, read: float) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.settings.connect_timeout, read=read, write=read, pool=read)
+
+    async def _call(self, service: str, method: str, path: str, read: float, **kwargs: Any) -> httpx.Response:
+        with upstream(service):
+            response = await self.client.request(
+                method, self.urls[service] + path, timeout=self._timeout(read), **kwargs
+            )
+        raise_for_upstream(service, response)
+        return response
+
+    async def embed_images(self, images: list[tuple[str, bytes, str]]) -> EmbedResponse:
+        files = [("images", image) for image in images]
+        response = await self._call("embedder", "POST", "/v1/embed/image", self.settings.embed_timeout, files=files)
+        return EmbedResponse.model_validate(response.json())
+
+    async def embed_texts(self, texts: list[str]) -> EmbedResponse:
+        response = await self._call(
+            "embedder", "POST", "/v1/embed/text", self.settings.embed_timeout, json={"texts": texts}
+        )
+        return EmbedResponse.model_validate(response.json())
+
+    async def search(self, request: SearchRequest) -> SearchResponse:
+        try:
+            response = await self._call(
+                "search", "POST", "/v1/search", self.settings.search_timeout, json=request.model_dump(exclude_none=True)
+            )
+        except ServiceError as exc:
+            # The gateway checked the caller's parameters; a vector the index refuses is a set-up fault.
+            if exc.code in ("dimension_mismatch", "invalid_vector"):
+                raise UpstreamError(
+                    "search",
+                    f"the embedder's vectors do not fit the search index ({exc.message}); "
+                    "EMBEDDER_MODEL must be the model the collection was built with",
+                    code="model_index_mismatch",
+                ) from exc
+            raise
+        return SearchResponse.model_validate(response.json())
+
+    async def record(self, record_id: int) -> Record:
+        response = await self._call("search", "GET", f"/v1/records/{record_id}", self.settings.search_timeout)
+        return Record.model_validate(response.json())
+
+    async def image(self, url: str, size: str, if_none_match: str | None) -> ImageBytes:
+        """The fetcher's rendition of `url`, or `not_modified` when the browser's copy (ETag) is good."""
+        headers = {"If-None-Match": if_none_match} if if_none_match else {}
+        response = await self._call(
+            "fetcher", "GET", "/v1/image", self.settings.image_timeout,
+            params={"url": url, "size": size}, headers=headers,
+        )  # fmt: skip
+        passed = {k: v for k, v in response.headers.items() if k.lower() in ("etag", "cache-control")}
+        if response.status_code == 304:
+            return ImageBytes(b"", "", passed, not_modified=True)
+        return ImageBytes(response.content, response.headers.get("content-type", "image/webp"), passed)
+
+    async def json_or_none(self, service: str, path: str) -> dict[str, Any] | None:
+        """A service's JSON answer, or None when it cannot give one (for informational pages)."""
+        try:
+            response = await self._call(service, "GET", path, self.settings.connect_timeout)
+        except Exception as exc:  # an info page shows what it can; the reason is logged
+            logger.info("%s%s unavailable: %s", service, path, exc)
+            return None
+        return response.json()
+
+    async def readiness(self, service: str) -> tuple[bool, str | None]:
+        try:
+            with upstream(service):
+                response = await self.client.get(
+                    self.urls[service] + "/readyz", timeout=self._timeout(self.settings.connect_timeout)
+                )
+        except Exception as exc:
+            return False, str(exc)
+        if response.status_code == 200:
+            return True, None
+        try:
+            reason = response.json().get("reason") or f"status {response.status_code}"
+        except ValueError:
+            reason = f"status {response.status_code}"
+        return False, reason

@@ -1,0 +1,1 @@
+"""The gateway's /api routes, one module per resource."""
