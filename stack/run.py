@@ -1,0 +1,130 @@
+"""`make run`: the four services as local processes; the offline demo when no collection is configured.
+
+With SEARCH_DATA_DIR (or SEARCH_INDEX_PATH and SEARCH_METADATA_PATH) pointing at a collection, or
+one in ./data, it runs the services on it with the EMBEDDER_* model. Otherwise it first builds
+a small demo (generated photos, a tiny random-weights model, a local image source) under var/demo.
+Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.search.settings import INDEX_FILE, METADATA_FILE
+from stack.demo_collection import SPECIES, generate_collection, write_manifest
+from stack.processes import ROOT, ServiceProcess, StartFailed, service, stop_all
+from stack.tiny_model import write_tiny_model
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIR = Path(os.environ.get("STACK_DEMO_DIR", ROOT / "var" / "demo"))
+DEMO_SOURCE_PORT = int(os.environ.get("STACK_DEMO_SOURCE_PORT", "8010"))
+DEMO_PER_SPECIES = 25
+DEMO_NOTICE = (
+    "Offline demo: {records} generated pictures of {species} species and a tiny model with random weights. "
+    "Hits show how the system works, not what BioCLIP-2 finds. README.md says how to use real data."
+)
+
+
+def configured_collection() -> bool:
+    if os.environ.get("SEARCH_DATA_DIR") or os.environ.get("SEARCH_INDEX_PATH"):
+        return True
+    return (ROOT / "data" / INDEX_FILE).is_file()
+
+
+def build_demo(embedder: ServiceProcess, source_url: str) -> int:
+    """Generate the demo photos and build their collection through the running embedder."""
+    images = DEMO_DIR / "images"
+    manifest = DEMO_DIR / "manifest.csv"
+    if not manifest.is_file():
+        logger.info("generating %d demo pictures", DEMO_PER_SPECIES * len(SPECIES))
+        rows = generate_collection(images, per_species=DEMO_PER_SPECIES, base_url=source_url)
+        for row in rows:
+            row["path"] = str(Path("images") / row["path"])
+        write_manifest(rows, manifest)
+    collection = DEMO_DIR / "collection"
+    if not (collection / INDEX_FILE).is_file() or not (collection / METADATA_FILE).is_file():
+        logger.info("building the demo collection through the embedder")
+        subprocess.run(
+            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+             "--embedder", embedder.url, "--out", str(collection)],
+            cwd=ROOT, check=True,
+        )  # fmt: skip
+    return sum(1 for _ in manifest.open()) - 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM (from a supervisor) stops the stack the same way Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def run(log_dir: Path) -> int:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes: list[ServiceProcess] = []
+    demo = not configured_collection()
+
+    def start(process: ServiceProcess) -> ServiceProcess:
+        processes.append(process)
+        process.start()
+        process.wait_ready()
+        logger.info("%s ready on %s", process.name, process.url)
+        return process
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        search_env: dict[str, str] = {}
+        gateway_env: dict[str, str] = {}
+        if demo:
+            logger.info("no collection configured: starting the offline demo (data in %s)", DEMO_DIR)
+            model = write_tiny_model(DEMO_DIR / "model", name="tiny-demo-clip")
+            images = DEMO_DIR / "images"
+            images.mkdir(parents=True, exist_ok=True)
+            source = start(
+                ServiceProcess(
+                    "demo-source", "stack.image_server", DEMO_SOURCE_PORT,
+                    args=["--dir", str(images), "--port", str(DEMO_SOURCE_PORT)],
+                    log_path=log_dir / "demo-source.log", ready_path="/",
+                )
+            )  # fmt: skip
+            embedder = start(service("embedder", env=model.env(), log_dir=log_dir))
+            records = build_demo(embedder, source.url)
+            search_env["SEARCH_DATA_DIR"] = str(DEMO_DIR / "collection")
+            gateway_env["GATEWAY_NOTICE"] = DEMO_NOTICE.format(records=records, species=len(SPECIES))
+        else:
+            embedder = start(service("embedder", log_dir=log_dir))
+        search = start(service("search", env=search_env, log_dir=log_dir))
+        fetcher = start(service("fetcher", log_dir=log_dir))
+        for backend in (embedder, search, fetcher):
+            gateway_env[f"GATEWAY_{backend.name.upper()}_URL"] = backend.url
+        gateway = start(service("gateway", env=gateway_env, log_dir=log_dir))
+        print(f"\nReady: open {gateway.url}/  (API docs: {gateway.url}/docs; logs in {log_dir}). Ctrl-C stops.\n")
+        while all(p.process is not None and p.process.poll() is None for p in processes):
+            time.sleep(0.5)
+        failed = next(p for p in processes if p.process is not None and p.process.poll() is not None)
+        logger.error("%s stopped unexpectedly:\n%s", failed.name, failed.log_tail())
+        return 1
+    except StartFailed as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        logger.info("stopping")
+        return 0
+    finally:
+        stop_all(processes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", type=Path, default=ROOT / "var" / "logs", help="where service logs go")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("open_clip").setLevel(logging.WARNING)
+    return run(args.logs)
