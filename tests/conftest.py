@@ -1,0 +1,73 @@
+"""Shared fixtures: the tiny open_clip checkpoint, image factories, local image sources, free ports."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.embedder.settings import EmbedderSettings
+from stack.tiny_model import TinyModel, write_tiny_model
+from tests.sources import Source, start_source
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A tiny open_clip architecture with random weights, saved as config + checkpoint."""
+    return write_tiny_model(tmp_path_factory.mktemp("model"), name="tiny-test-clip", embed_dim=32, width=32)
+
+
+@pytest.fixture
+def embedder_settings(tiny_model: TinyModel) -> EmbedderSettings:
+    return EmbedderSettings(
+        model=tiny_model.name,
+        architecture_config=tiny_model.config,
+        checkpoint=tiny_model.checkpoint,
+        blocking_threads=2,
+        torch_threads=1,
+    )
+
+
+ImageFactory = Callable[..., bytes]
+
+
+@pytest.fixture
+def make_image() -> ImageFactory:
+    """Encoded image bytes: random pixels (seeded) of a given size, mode and format."""
+
+    def make(
+        width: int = 96, height: int = 64, *, seed: int = 0, fmt: str = "JPEG", mode: str = "RGB", **save: object
+    ) -> bytes:
+        rng = np.random.default_rng(seed)
+        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        # Smooth blobs rather than noise, so JPEG keeps most of the picture.
+        image = Image.fromarray(pixels).resize((max(2, width // 8), max(2, height // 8))).resize((width, height))
+        if mode != "RGB":
+            image = image.convert(mode)
+        out = io.BytesIO()
+        image.save(out, format=fmt, **save)
+        return out.getvalue()
+
+    return make
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    return pick
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[Source]:
+    """A local HTTP image source whose routes each test programs."""
+    with start_source(tmp_path) as running:
+        yield running

@@ -1,0 +1,103 @@
+"""The gateway app on its own: the page, input checks, and services that are down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.conftest import ImageFactory
+
+
+@pytest.fixture
+def client(free_port: Callable[[], int]) -> Iterator[TestClient]:
+    # Every service URL points at a port nothing listens on.
+    settings = GatewaySettings(
+        embedder_url=f"http://127.0.0.1:{free_port()}",
+        search_url=f"http://127.0.0.1:{free_port()}",
+        fetcher_url=f"http://127.0.0.1:{free_port()}",
+        notice="demo notice",
+        max_upload_bytes=100_000,
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_page_is_served_at_the_root(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+    assert "app.js" in response.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_image_search_names_the_embedder_when_it_is_down(client: TestClient, make_image: ImageFactory) -> None:
+    response = client.post("/api/search", files={"image": ("a.jpg", make_image(), "image/jpeg")})
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "embedder_unavailable" and "embedder" in error["message"]
+
+
+def test_record_names_the_search_service_when_it_is_down(client: TestClient) -> None:
+    response = client.get("/api/records/1")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "search_unavailable"
+
+
+def test_health_lists_each_service_with_its_reason(client: TestClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert set(body["services"]) == {"embedder", "search", "fetcher"}
+    assert all(not s["ready"] and s["reason"] for s in body["services"].values())
+
+
+def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> None:
+    assert client.get("/api/info").json() == {"notice": "demo notice", "model": None, "index": None}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"text=hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"json": ["a list"]}, 400, "invalid_json"),
+        ({"json": {"top_n": 5}}, 422, "invalid_request"),
+        ({"json": {"text": "   "}}, 400, "empty_text"),
+        ({"json": {"text": "Apis", "top_n": 0}}, 422, "invalid_request"),
+        ({"json": {"text": "Apis", "scope": "anywhere"}}, 422, "invalid_request"),
+        ({"data": {"top_n": "5"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 400, "missing_image"),
+        ({"data": {"top_n": "500"}, "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, 422, "invalid_request"),
+        ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 400, "empty_file"),
+        ({"files": {"image": ("a.jpg", b"x" * 200_000, "image/jpeg")}}, 413, "too_large"),
+    ],
+    ids=["text-plain", "bad-json", "json-list", "no-text", "blank-text", "top_n-0", "bad-scope", "no-image",
+         "top_n-500", "empty-upload", "too-large"],
+)  # fmt: skip
+def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
+    client: TestClient, kwargs: dict, status: int, code: str
+) -> None:
+    response = client.post("/api/search", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("path", ["/api/records/-3", "/api/records/x", "/api/images/1?size=giant"])
+def test_bad_record_paths_get_422(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_unknown_api_path_is_a_json_404(client: TestClient) -> None:
+    response = client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_request_id_is_echoed(client: TestClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-ID": "abc123"}).headers["x-request-id"] == "abc123"

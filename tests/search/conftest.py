@@ -1,0 +1,69 @@
+"""Hand-built collections with known vectors, written with the builder's own writers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from services.search.app import create_app
+from services.search.build import write_index, write_metadata
+from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
+
+
+@dataclass
+class Collection:
+    folder: Path
+    vectors: np.ndarray
+    rows: list[dict[str, Any]]
+
+    def settings(self, **overrides: Any) -> SearchSettings:
+        return SearchSettings(**{"data_dir": self.folder, "blocking_threads": 2, **overrides})
+
+
+def unit_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def rows_for(count: int, *, url_every: int = 20) -> list[dict[str, Any]]:
+    """Rows where one in `url_every` has a URL (the iNaturalist-style ones), the rest none."""
+    rows = []
+    for i in range(count):
+        has_url = i % url_every == 0
+        rows.append(
+            {
+                "url": f"https://inaturalist-open-data.s3.amazonaws.com/photos/{i}/original.jpg" if has_url else None,
+                "kingdom": "Animalia", "phylum": "Arthropoda", "class": "Insecta",
+                "order": "Lepidoptera" if i % 2 else "Coleoptera", "family": f"Family{i % 7}",
+                "genus": f"Genus{i % 11}", "species": f"epithet{i}", "common_name": f"common {i}",
+                "source_dataset": "gbif" if i % 3 else "eol", "source_id": str(1000 + i),
+                "publisher": "iNaturalist.org" if i % 3 == 1 else "Other", "img_type": "Image",
+                "basisOfRecord": "HUMAN_OBSERVATION", "in_bioclip2_training": i % 2 == 0,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def write_collection(
+    folder: Path, vectors: np.ndarray, rows: list[dict[str, Any]], factory: str = "Flat"
+) -> Collection:
+    write_index(vectors, factory, folder / INDEX_FILE)
+    write_metadata(rows, folder / METADATA_FILE)
+    return Collection(folder, vectors, rows)
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Collection:
+    return write_collection(tmp_path / "collection", unit_vectors(200, 16), rows_for(200))
+
+
+@pytest.fixture
+def client(collection: Collection) -> Iterator[TestClient]:
+    with TestClient(create_app(collection.settings())) as test_client:
+        yield test_client
