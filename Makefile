@@ -1,0 +1,33 @@
+# Every target works from a fresh clone: the ones that need .venv make it first.
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+
+.PHONY: help install run test lint format docs clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## Create .venv and install everything (skipped when up to date)
+	@scripts/install.sh
+
+run: install ## Start the four services locally (the offline demo when no collection is configured)
+	$(PY) -m stack
+
+test: install ## Lint, then run every test (unit, end-to-end)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+lint: install ## Lint and check formatting only
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install ## Fix what ruff can fix and format the code
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+docs: install ## Regenerate docs/operations.md's settings tables from the settings classes
+	$(PY) -m stack.settings_doc --write docs/operations.md
+
+clean: ## Remove the demo data, logs and caches (not .venv)
+	rm -rf var .pytest_cache .ruff_cache

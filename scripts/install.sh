@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv and install everything the project needs; quick no-op when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  # PyTorch wheels exist for 3.11 on every platform we run on; prefer it when present.
+  if command -v python3.11 >/dev/null 2>&1; then python=python3.11; else python=python3; fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+
+stamp=.venv/.requirements.sha256
+wanted=$(cat requirements/*.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "installing requirements/dev.txt into .venv (the first time takes a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r requirements/dev.txt
+  echo "$wanted" > "$stamp"
+fi
