@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run test lint format docs clean
+.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-fetcher clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,17 @@ format: install ## Fix what ruff can fix and format the code
 
 docs: install ## Regenerate docs/operations.md's settings tables from the settings classes
 	$(PY) -m stack.settings_doc --write docs/operations.md
+
+bench: bench-embedder bench-search bench-fetcher ## Run every benchmark (minutes; results go in docs/benchmarks/)
+
+bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random weights
+	$(PY) -m bench.embedder
+
+bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
+	$(PY) -m bench.search
+
+bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
+	$(PY) -m bench.fetcher
 
 clean: ## Remove the demo data, logs and caches (not .venv)
 	rm -rf var .pytest_cache .ruff_cache

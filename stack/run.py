@@ -100,7 +100,11 @@ def run(log_dir: Path) -> int:
         else:
             embedder = start(service("embedder", log_dir=log_dir))
         search = start(service("search", env=search_env, log_dir=log_dir))
-        fetcher = start(service("fetcher", log_dir=log_dir))
+        fetcher_env = {"FETCHER_CACHE_DIR": str(ROOT / "var" / "cache" / "fetcher")}
+        if demo:
+            # The demo's image source is on this machine; the fetcher refuses private addresses otherwise.
+            fetcher_env["FETCHER_ALLOW_PRIVATE_NETWORKS"] = "127.0.0.0/8"
+        fetcher = start(service("fetcher", env=fetcher_env, log_dir=log_dir))
         for backend in (embedder, search, fetcher):
             gateway_env[f"GATEWAY_{backend.name.upper()}_URL"] = backend.url
         gateway = start(service("gateway", env=gateway_env, log_dir=log_dir))

@@ -54,7 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> It
         assert build.returncode == 0, build.stderr
         assert f"built {len(rows)} records (0 skipped)" in build.stdout
         search = service("search", port=ports[1], env={"SEARCH_DATA_DIR": str(work / "collection")}, log_dir=logs)
-        fetcher = service("fetcher", port=ports[2], log_dir=logs)
+        fetcher_env = {"FETCHER_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8", "FETCHER_CACHE_DIR": str(work / "cache")}
+        fetcher = service("fetcher", port=ports[2], env=fetcher_env, log_dir=logs)
         processes += [search, fetcher]
         for process in (search, fetcher):
             process.start()

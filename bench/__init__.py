@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `make bench-<service>` runs one and prints figures for docs/benchmarks/."""
