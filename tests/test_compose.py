@@ -1,0 +1,533 @@
+"""compose.yaml and the Dockerfiles, checked without a Docker engine.
+
+They must run the same modules, on the same ports, with the same readiness checks as the local
+runner (stack/processes.py), and each image must get every file and package its code needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata
+import json
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from services.common.settings import ServiceSettings
+from stack.processes import READINESS_PATH, SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKERIGNORE = ROOT / ".dockerignore"
+FIRST_PARTY = {"services", "gateway", "stack", "tests", "bench"}
+BACKEND = [name for name in SERVICES if name != "gateway"]
+
+
+# --- reading the files ---------------------------------------------------------------------------
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` / `${VAR-default}` / `${VAR}`, as if no variable were set."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Instructions with their continuation lines joined; comments dropped."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append(Instruction(keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, f"{path}: a continuation line runs off the end"
+    return instructions
+
+
+@dataclass(frozen=True)
+class Image:
+    dockerfile: Path
+    instructions: list[Instruction]
+
+    def all(self, keyword: str) -> list[str]:
+        return [i.args for i in self.instructions if i.keyword == keyword]
+
+    @property
+    def base(self) -> str:
+        return self.all("FROM")[0]
+
+    @property
+    def cmd(self) -> list[str]:
+        (cmd,) = self.all("CMD")
+        parsed = json.loads(cmd)  # exec form, so SIGTERM reaches python rather than a shell
+        assert isinstance(parsed, list)
+        return parsed
+
+    @property
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for args in self.all("ENV"):
+            tokens = shlex.split(args)
+            if "=" not in tokens[0]:  # legacy `ENV KEY value`
+                env[tokens[0]] = " ".join(tokens[1:])
+                continue
+            for token in tokens:
+                key, _, value = token.partition("=")
+                env[key] = value
+        return env
+
+    @property
+    def copy_sources(self) -> list[str]:
+        sources: list[str] = []
+        for args in self.all("COPY") + self.all("ADD"):
+            tokens = json.loads(args) if args.startswith("[") else shlex.split(args)
+            assert not any(t.startswith("--from") for t in tokens), "multi-stage copies are not checked here"
+            paths = [t for t in tokens if not t.startswith("--")]
+            assert len(paths) >= 2, f"COPY {args}: needs a source and a destination"
+            sources += paths[:-1]
+        return sources
+
+    @property
+    def requirement_files(self) -> list[str]:
+        return [m for run in self.all("RUN") for m in re.findall(r"(?:-r|--requirement)\s+(\S+)", run)]
+
+    @property
+    def healthcheck(self) -> list[str]:
+        (args,) = self.all("HEALTHCHECK")
+        match = re.fullmatch(r"((?:--\S+\s+)*)CMD\s+(.+)", args)
+        assert match, f"HEALTHCHECK {args}: expected options then CMD"
+        return json.loads(match.group(2))
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    return load_compose()["services"][name]
+
+
+def compose_env(name: str) -> dict[str, str]:
+    environment = compose_service(name).get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.partition("=")[::2] for item in environment)
+    return {key: interpolate(str(value)) for key, value in environment.items()}
+
+
+def image_of(name: str) -> Image:
+    build = compose_service(name)["build"]
+    assert build["context"] == ".", "every image builds from the repository root"
+    dockerfile = ROOT / build["dockerfile"]
+    assert dockerfile.is_file(), f"{name}: {build['dockerfile']} does not exist"
+    return Image(dockerfile, parse_dockerfile(dockerfile))
+
+
+def settings_class(name: str) -> type[ServiceSettings]:
+    module = importlib.import_module(SERVICES[name][0] + ".settings")
+    (cls,) = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, ServiceSettings) and obj.__module__ == module.__name__
+    ]
+    return cls
+
+
+def effective_env(name: str) -> dict[str, str]:
+    """What the container's process sees: the image's ENV, overridden by compose's environment."""
+    return {**image_of(name).env, **compose_env(name)}
+
+
+def probed_url(command: list[str]) -> str:
+    urls = re.findall(r"https?://[^\s'\"]+", " ".join(command))
+    assert len(urls) == 1, f"expected one URL in the health check {command}"
+    return urls[0]
+
+
+# --- .dockerignore, with Docker's matching rules -------------------------------------------------
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        patterns.append((negated, re.compile(regex)))
+    return patterns
+
+
+def is_ignored(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Whether the build context leaves `path` out: the last pattern matching it or a parent decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for negated, regex in patterns:
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_dockerignore_matcher_follows_dockers_rules() -> None:
+    patterns = [(False, re.compile("var")), (False, re.compile("(?:.*/)?__pycache__")), (True, re.compile("var/keep"))]
+    assert is_ignored("var/logs/a.log", patterns)
+    assert is_ignored("services/common/__pycache__/x.pyc", patterns)
+    assert not is_ignored("var/keep", patterns)
+    assert not is_ignored("services/var.py", patterns)
+
+
+# --- which files an image gets -------------------------------------------------------------------
+
+
+def module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imports_of(path: Path, module: str) -> Iterator[str]:
+    """Absolute names of the modules `path` (the module `module`) imports."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            yield source
+            yield from (f"{source}.{alias.name}" for alias in node.names)
+
+
+def code_closure(entry: str) -> tuple[set[Path], set[str]]:
+    """Files of the first-party modules `python -m entry` loads, and the third-party top-level names it imports."""
+    files: set[Path] = set()
+    third_party: set[str] = set()
+    todo = [entry, f"{entry}.__main__"]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        top = module.partition(".")[0]
+        if top not in FIRST_PARTY:
+            if top not in sys.stdlib_module_names:
+                third_party.add(top)
+            continue
+        path = module_file(module)
+        if path is None:  # `from package import name` where name is not a module
+            continue
+        files.add(path)
+        parts = module.split(".")
+        todo += [".".join(parts[:n]) for n in range(1, len(parts))]  # the parent packages' __init__.py
+        todo += imports_of(path, module)
+    return files, third_party
+
+
+def copied(path: Path, image: Image) -> bool:
+    relative = path.relative_to(ROOT).as_posix()
+    return any(relative == s.rstrip("/") or relative.startswith(s.rstrip("/") + "/") for s in image.copy_sources)
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def required_distributions(requirement_file: Path) -> set[str]:
+    """The distributions a requirements file pins (following -r), and everything they depend on."""
+    names: set[str] = set()
+    for raw in requirement_file.read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if line.startswith(("-r ", "--requirement ")):
+            names |= required_distributions(requirement_file.parent / line.split()[1])
+        elif line:
+            names.add(normalise(re.match(r"[A-Za-z0-9._-]+", line).group(0)))
+    closure: set[str] = set()
+    while names:
+        name = names.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for requirement in requires:
+            if "extra ==" not in requirement:
+                names.add(normalise(re.match(r"[A-Za-z0-9._-]+", requirement).group(0)))
+    return closure
+
+
+# --- the compose file as a whole -----------------------------------------------------------------
+
+
+def test_compose_defines_exactly_the_services_the_local_runner_starts() -> None:
+    assert set(load_compose()["services"]) == set(SERVICES)
+
+
+def test_compose_uses_the_versionless_compose_spec() -> None:
+    assert "version" not in load_compose()
+
+
+def test_every_named_volume_a_service_mounts_is_declared() -> None:
+    compose = load_compose()
+    declared = set(compose.get("volumes") or {})
+    used = {
+        volume.split(":")[0]
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith((".", "/", "~", "$"))
+    }
+    assert used == declared == {"model-cache", "image-cache"}
+
+
+def test_only_the_gateway_publishes_a_port_and_on_its_service_port() -> None:
+    for name in BACKEND:
+        service = compose_service(name)
+        assert "ports" not in service, f"{name} must not be reachable from the host"
+        assert [str(port) for port in service["expose"]] == [str(SERVICES[name][1])]
+    (published,) = compose_service("gateway")["ports"]
+    address, host_port, container_port = interpolate(published).split(":")
+    assert int(container_port) == SERVICES["gateway"][1]
+    assert address == "127.0.0.1", "by default only this machine reaches the gateway"
+    assert int(host_port) == SERVICES["gateway"][1]
+
+
+def test_gateway_reaches_each_service_by_its_compose_name_and_port() -> None:
+    env = compose_env("gateway")
+    fields = settings_class("gateway").model_fields
+    for name in BACKEND:
+        assert f"{name}_url" in fields, f"GatewaySettings has no {name}_url"
+        assert env[f"GATEWAY_{name.upper()}_URL"] == f"http://{name}:{SERVICES[name][1]}"
+
+
+def test_gateway_starts_once_each_service_is_healthy() -> None:
+    depends_on = compose_service("gateway")["depends_on"]
+    assert {name: spec["condition"] for name, spec in depends_on.items()} == dict.fromkeys(BACKEND, "service_healthy")
+    for name in BACKEND:
+        assert "healthcheck" in compose_service(name), f"{name} is waited on but has no health check"
+
+
+def test_search_reads_the_collection_from_a_read_only_data_volume() -> None:
+    env = effective_env("search")
+    assert env["SEARCH_MMAP"] == "true"
+    assert f"./data:{env['SEARCH_DATA_DIR']}:ro" in compose_service("search")["volumes"]
+
+
+def test_embedder_caches_the_model_in_its_volume() -> None:
+    env = effective_env("embedder")
+    assert f"model-cache:{env['EMBEDDER_CACHE_DIR']}" in compose_service("embedder")["volumes"]
+    assert env["HF_HOME"].startswith(env["EMBEDDER_CACHE_DIR"] + "/")
+    assert env["EMBEDDER_MODEL"] == settings_class("embedder").model_fields["model"].default
+
+
+def test_fetcher_caches_images_in_its_volume() -> None:
+    env = effective_env("fetcher")
+    assert f"image-cache:{env['FETCHER_CACHE_DIR']}" in compose_service("fetcher")["volumes"]
+
+
+def test_embedder_installs_the_pinned_torch_from_the_cpu_index_before_its_requirements() -> None:
+    runs = image_of("embedder").all("RUN")
+    pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", (ROOT / "requirements/embedder.txt").read_text(), re.M))
+    assert set(pins) == {"torch", "torchvision"}
+    (cpu,) = [i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run]
+    for package, version in pins.items():
+        assert f"{package}=={version}" in runs[cpu].split(), f"the Dockerfile installs another {package} than {version}"
+    (requirements,) = [i for i, run in enumerate(runs) if "requirements/embedder.txt" in run]
+    assert cpu < requirements
+
+
+# --- each service --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_container_runs_the_module_the_local_runner_runs(name: str) -> None:
+    expected = ["python", "-m", SERVICES[name][0]]
+    assert image_of(name).cmd == expected
+    command = compose_service(name).get("command")
+    if command is not None:
+        assert (shlex.split(command) if isinstance(command, str) else command) == expected
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_container_listens_on_all_interfaces_at_the_local_runner_port(name: str) -> None:
+    env = effective_env(name)
+    prefix = name.upper()
+    port = int(env.get(f"{prefix}_PORT", settings_class(name).model_fields["port"].default))
+    assert port == SERVICES[name][1]
+    assert env[f"{prefix}_HOST"] == "0.0.0.0"
+    assert image_of(name).all("EXPOSE") == [str(port)]
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_health_checks_probe_readiness_on_the_service_port(name: str) -> None:
+    healthcheck = compose_service(name)["healthcheck"]
+    assert {"interval", "timeout", "retries", "start_period"} <= set(healthcheck)
+    for command in (healthcheck["test"], ["CMD", *image_of(name).healthcheck]):
+        assert command[:2] == ["CMD", "python"], "slim images have no curl: probe with python"
+        url = urlsplit(probed_url(command))
+        assert (url.hostname, url.port, url.path) == ("127.0.0.1", SERVICES[name][1], READINESS_PATH)
+
+
+class _Readiness(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == READINESS_PATH else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_health_check_passes_only_while_the_service_is_ready(name: str) -> None:
+    command = compose_service(name)["healthcheck"]["test"][1:]
+    results = {}
+    for status in (200, 503):
+        handler = type("Handler", (_Readiness,), {"status": status})
+        with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            try:
+                local = [
+                    arg.replace(f"127.0.0.1:{SERVICES[name][1]}", f"127.0.0.1:{server.server_port}")
+                    for arg in command[1:]
+                ]
+                done = subprocess.run([sys.executable, *local], capture_output=True, timeout=30, check=False)
+            finally:
+                server.shutdown()
+                thread.join()
+        results[status] = done.returncode
+    assert results[200] == 0
+    assert results[503] != 0
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_services_restart_unless_stopped(name: str) -> None:
+    assert compose_service(name)["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_image_is_slim_python_and_runs_as_a_non_root_user(name: str) -> None:
+    image = image_of(name)
+    assert image.base.startswith("python:3.11-slim")
+    users = image.all("USER")
+    assert users, f"{image.dockerfile} never leaves root"
+    assert users[-1].partition(":")[0] not in {"root", "0"}
+    env = image.env
+    assert env["PYTHONDONTWRITEBYTECODE"] == env["PYTHONUNBUFFERED"] == env["PIP_NO_CACHE_DIR"] == "1"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_every_path_a_dockerfile_copies_exists(name: str) -> None:
+    image = image_of(name)
+    assert image.copy_sources
+    for source in image.copy_sources:
+        assert (ROOT / source).exists(), f"{image.dockerfile}: COPY {source} does not exist"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_image_installs_its_own_requirements_file_from_a_copied_path(name: str) -> None:
+    image = image_of(name)
+    files = image.requirement_files
+    assert f"requirements/{name}.txt" in files
+    for file in files:
+        assert (ROOT / file).is_file(), f"{image.dockerfile}: {file} does not exist"
+        assert copied(ROOT / file, image), f"{image.dockerfile}: {file} is installed but never copied in"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_image_contains_every_first_party_module_its_entry_point_loads(name: str) -> None:
+    image = image_of(name)
+    files, _ = code_closure(SERVICES[name][0])
+    assert ROOT / "services/common/__init__.py" in files, "the closure walk found nothing shared"
+    missing = sorted(str(path.relative_to(ROOT)) for path in files if not copied(path, image))
+    assert not missing, f"{image.dockerfile} leaves out {missing}"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_image_requirements_cover_every_third_party_import(name: str) -> None:
+    _, third_party = code_closure(SERVICES[name][0])
+    assert "fastapi" in third_party
+    installed = set()
+    for file in image_of(name).requirement_files:
+        installed |= required_distributions(ROOT / file)
+    distributions = importlib.metadata.packages_distributions()
+    missing = sorted(
+        top for top in third_party if not {normalise(d) for d in distributions.get(top, [top])} & installed
+    )
+    assert not missing, f"the {name} image installs nothing that provides {missing}"
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_dockerignore_keeps_what_the_image_copies(name: str) -> None:
+    patterns = dockerignore_patterns()
+    for source in image_of(name).copy_sources:
+        root = ROOT / source
+        paths = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        for path in paths:
+            relative = path.relative_to(ROOT).as_posix()
+            if "__pycache__" in path.parts or path.suffix == ".pyc" or path.name == "Dockerfile":
+                continue
+            assert not is_ignored(relative, patterns), f".dockerignore leaves out {relative}, which {name} copies"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "var/logs/gateway.log",
+        "data/faiss/index.index",
+        "tests/test_compose.py",
+        "bench/run.py",
+        "services/common/__pycache__/settings.cpython-311.pyc",
+        "gateway/__pycache__/app.cpython-311.pyc",
+    ],
+)
+def test_dockerignore_keeps_local_state_out_of_the_build_context(path: str) -> None:
+    assert is_ignored(path, dockerignore_patterns())
