@@ -1,6 +1,6 @@
 """Settings tables for docs/operations.md, generated from the settings classes so they never drift.
 
-    python -m stack.settings_doc --write docs/operations.md   # replace the generated block
+python -m stack.settings_doc --write docs/operations.md   # replace the generated block
 """
 
 from __future__ import annotations
