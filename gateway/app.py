@@ -11,7 +11,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from gateway.clients import ServiceClients
+from gateway.query_cache import QueryCache
+from gateway.rate_limit import SlidingWindowLimiter
 from gateway.routes import health, records, search
+from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.service import create_service_app
@@ -30,6 +33,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.clients = ServiceClients(client, settings)
+        app.state.searcher = Searcher(
+            app.state.clients,
+            QueryCache(settings.query_cache_size),
+            max_images=settings.max_images_per_query,
+            predictions=settings.predictions,
+        )
+        app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
+        app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
         app.state.ready = True
         async with client:
             yield

@@ -1,8 +1,14 @@
-"""The gateway's calls to the embedder, search and fetcher services, over one shared httpx client."""
+"""The gateway's calls to the embedder, search and fetcher services, over one shared httpx client.
+
+Each service gets a bounded number of calls in flight, so one slow service cannot take every
+connection, and every call has its own timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +21,8 @@ from services.common.schemas.embedder import EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
 
 logger = logging.getLogger(__name__)
+
+IDENTITY_TTL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -34,15 +42,22 @@ class ServiceClients:
             "search": settings.search_url.rstrip("/"),
             "fetcher": settings.fetcher_url.rstrip("/"),
         }
+        self._slots = {
+            "embedder": asyncio.Semaphore(settings.max_concurrent_embeds),
+            "search": asyncio.Semaphore(settings.max_concurrent_searches),
+            "fetcher": asyncio.Semaphore(settings.max_concurrent_images),
+        }
+        self._identity: tuple[float, dict[str, str | None]] | None = None
 
     def _timeout(self, read: float) -> httpx.Timeout:
         return httpx.Timeout(connect=self.settings.connect_timeout, read=read, write=read, pool=read)
 
     async def _call(self, service: str, method: str, path: str, read: float, **kwargs: Any) -> httpx.Response:
-        with upstream(service):
-            response = await self.client.request(
-                method, self.urls[service] + path, timeout=self._timeout(read), **kwargs
-            )
+        async with self._slots[service]:
+            with upstream(service):
+                response = await self.client.request(
+                    method, self.urls[service] + path, timeout=self._timeout(read), **kwargs
+                )
         raise_for_upstream(service, response)
         return response
 
@@ -56,6 +71,13 @@ class ServiceClients:
             "embedder", "POST", "/v1/embed/text", self.settings.embed_timeout, json={"texts": texts}
         )
         return EmbedResponse.model_validate(response.json())
+
+    async def classify(self, vector: list[float], rank: str, k: int) -> dict[str, Any]:
+        response = await self._call(
+            "embedder", "POST", "/v1/classify", self.settings.embed_timeout,
+            json={"vector": vector, "rank": rank, "k": k},
+        )  # fmt: skip
+        return response.json()
 
     async def search(self, request: SearchRequest) -> SearchResponse:
         try:
@@ -78,6 +100,10 @@ class ServiceClients:
         response = await self._call("search", "GET", f"/v1/records/{record_id}", self.settings.search_timeout)
         return Record.model_validate(response.json())
 
+    async def record_vector(self, record_id: int) -> list[float]:
+        response = await self._call("search", "GET", f"/v1/records/{record_id}/vector", self.settings.search_timeout)
+        return [float(value) for value in response.json()["vector"]]
+
     async def image(self, url: str, size: str, if_none_match: str | None) -> ImageBytes:
         """The fetcher's rendition of `url`, or `not_modified` when the browser's copy (ETag) is good."""
         headers = {"If-None-Match": if_none_match} if if_none_match else {}
@@ -91,13 +117,28 @@ class ServiceClients:
         return ImageBytes(response.content, response.headers.get("content-type", "image/webp"), passed)
 
     async def json_or_none(self, service: str, path: str) -> dict[str, Any] | None:
-        """A service's JSON answer, or None when it cannot give one (for informational pages)."""
+        """A service's JSON answer, or None when it cannot give one (for informational answers)."""
         try:
             response = await self._call(service, "GET", path, self.settings.connect_timeout)
-        except Exception as exc:  # an info page shows what it can; the reason is logged
-            logger.info("%s%s unavailable: %s", service, path, exc)
+        except ServiceError as exc:
+            logger.info("%s%s unavailable: %s", service, path, exc.message)
             return None
         return response.json()
+
+    async def identity(self) -> dict[str, str | None]:
+        """The model and index in use, asked at most every 30 s (it changes only on redeploy)."""
+        if self._identity and time.monotonic() - self._identity[0] < IDENTITY_TTL_SECONDS:
+            return self._identity[1]
+        model, stats = await asyncio.gather(
+            self.json_or_none("embedder", "/v1/model"), self.json_or_none("search", "/v1/stats")
+        )
+        found = {
+            "model": str(model["model"]) if model else None,
+            "index": f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}" if stats else None,
+        }
+        if model and stats:
+            self._identity = (time.monotonic(), found)
+        return found
 
     async def readiness(self, service: str) -> tuple[bool, str | None]:
         try:
@@ -105,8 +146,8 @@ class ServiceClients:
                 response = await self.client.get(
                     self.urls[service] + "/readyz", timeout=self._timeout(self.settings.connect_timeout)
                 )
-        except Exception as exc:
-            return False, str(exc)
+        except ServiceError as exc:
+            return False, exc.message
         if response.status_code == 200:
             return True, None
         try:

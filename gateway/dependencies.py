@@ -1,4 +1,5 @@
-"""Typed dependencies the gateway's routes take: the service clients and the settings."""
+"""Typed dependencies the gateway's routes take: the service clients, the searcher, the settings,
+and the per-client rate limits."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.clients import ServiceClients
+from gateway.rate_limit import SlidingWindowLimiter, retry_after_header
+from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
+from services.common.errors import ServiceError
 
 
 def get_clients(request: Request) -> ServiceClients:
     return request.app.state.clients
+
+
+def get_searcher(request: Request) -> Searcher:
+    return request.app.state.searcher
 
 
 def get_settings(request: Request) -> GatewaySettings:
@@ -19,4 +27,32 @@ def get_settings(request: Request) -> GatewaySettings:
 
 
 ClientsDep = Annotated[ServiceClients, Depends(get_clients)]
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+
+
+def _client_key(request: Request) -> str:
+    settings: GatewaySettings = request.app.state.settings
+    forwarded = request.headers.get("x-forwarded-for")
+    if settings.trust_forwarded_for and forwarded:
+        return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def _limit(request: Request, limiter: SlidingWindowLimiter, what: str) -> None:
+    wait = limiter.check(_client_key(request))
+    if wait > 0:
+        raise ServiceError(
+            f"too many {what} from this client: at most {limiter.per_minute} a minute",
+            code="rate_limited",
+            status_code=429,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+
+
+def limit_searches(request: Request) -> None:
+    _limit(request, request.app.state.search_limiter, "searches")
+
+
+def limit_images(request: Request) -> None:
+    _limit(request, request.app.state.image_limiter, "image requests")

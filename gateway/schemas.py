@@ -4,21 +4,59 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.common.schemas.search import Scope
 
+Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+FilterRank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name"]
+
+
+class TaxonFilter(BaseModel):
+    rank: FilterRank = Field(description="The rank to match; `species` matches the epithet.")
+    value: str = Field(min_length=1, max_length=200, description="The name at that rank, e.g. Lepidoptera.")
+
+    @classmethod
+    def parse(cls, text: str) -> TaxonFilter:
+        """`order:Lepidoptera` (the form a filter takes in form fields and query strings)."""
+        rank, _, value = text.partition(":")
+        return cls.model_validate({"rank": rank.strip().lower(), "value": value.strip()})
+
+    def __str__(self) -> str:
+        return f"{self.rank}:{self.value}"
+
 
 class SearchParameters(BaseModel):
-    """Parameters shared by every kind of query; as form fields beside an upload, or in a JSON body."""
+    """Parameters shared by every kind of query: form fields beside an upload, a JSON body, a query string."""
 
     top_n: int = Field(10, ge=1, le=200, description="Hits to return.")
     nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists to visit (search's default if unset).")
     scope: Scope = Field("all", description="Which records may be hits.")
+    filters: list[TaxonFilter] = Field(
+        default_factory=list, max_length=8, description="Taxon filters, all of which a hit must match."
+    )
+    min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="Hits below this similarity are left out.")
+    max_per_source: int | None = Field(None, ge=1, le=200, description="At most this many hits per source record.")
+    max_per_species: int | None = Field(None, ge=1, le=200, description="At most this many hits per species.")
+    rank: Rank = Field("species", description="The rank of the zero-shot prediction and the hits' consensus.")
+    predict: bool = Field(True, description="Also predict the query's taxon (zero-shot) at `rank`.")
 
 
-class TextSearchRequest(SearchParameters):
-    text: str = Field(min_length=1, max_length=300, description="A taxon or common name, embedded as text.")
+class QueryRequest(SearchParameters):
+    """A JSON search: exactly one of `text`, `record_id` or `query_id`, plus parameters."""
+
+    text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
+    record_id: int | None = Field(None, ge=0, le=2**31 - 1, description="Search from this record's image.")
+    query_id: str | None = Field(
+        None, min_length=4, max_length=80, description="A query this gateway embedded before (from a result)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_query(self) -> QueryRequest:
+        given = [name for name in ("text", "record_id", "query_id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, record_id or query_id (or upload an image)")
+        return self
 
 
 class Taxonomy(BaseModel):
@@ -58,14 +96,57 @@ class HitView(RecordView):
     similarity: float
 
 
+class Prediction(BaseModel):
+    name: str
+    rank: Rank
+    probability: float
+    common_name: str | None = None
+    taxonomy: dict[str, str | None] | None = Field(None, description="The taxon's ranks above it, when known.")
+
+
+class PredictionResult(BaseModel):
+    rank: Rank
+    predictions: list[Prediction] = Field(description="The most probable taxa at `rank`, most probable first.")
+
+
+class Consensus(BaseModel):
+    rank: Rank
+    name: str
+    share: float = Field(description="The taxon's part of the hits' total similarity, 0 to 1.")
+    hits: int = Field(description="Hits of that taxon.")
+
+
+class TreeNode(BaseModel):
+    rank: Rank
+    name: str
+    count: int
+    children: list[TreeNode]
+
+
+class Identity(BaseModel):
+    """What produced the hits, so a permalink can tell when the system has changed under it."""
+
+    model: str | None
+    index: str | None
+
+
 class SearchResult(BaseModel):
-    query: Literal["image", "text"]
+    query: Literal["image", "text", "record"]
+    query_id: str = Field(description="Re-run with other parameters by sending this instead of the query.")
+    label: str = Field(description="What the query was: file names, the text, or the record.")
     text: str | None = None
-    top_n: int
-    nprobe: int | None
-    scope: Scope
-    exhausted: bool = Field(description="True when fewer than top_n records matched the scope within reach.")
+    parameters: SearchParameters
+    nprobe: int | None = Field(description="IVF lists the search visited.")
+    exhausted: bool = Field(description="True when fewer than top_n records matched within the search's reach.")
     hits: list[HitView]
+    prediction: PredictionResult | None = Field(description="Zero-shot prediction; null when not asked or unavailable.")
+    prediction_error: str | None = Field(None, description="Why there is no prediction, when it was asked for.")
+    consensus: Consensus | None = Field(description="The hits' similarity-weighted vote at `rank`.")
+    agreement: bool | None = Field(description="Whether the top prediction and the consensus name the same taxon.")
+    tree: list[TreeNode] = Field(description="The hits' taxonomy, with counts.")
+    identity: Identity
+    permalink: str = Field(description="A page URL that reproduces this search.")
+    search: dict[str, object] | None = Field(None, description="What the search service did (rounds, timings).")
     took_ms: float
 
 

@@ -21,5 +21,16 @@ class GatewaySettings(ServiceSettings):
     image_timeout: float = Field(30.0, gt=0, description="Seconds the fetcher may take to bring an image.")
     max_connections: int = Field(64, ge=1, description="Open connections to the services together.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest request body (an upload), in bytes.")
+    max_images_per_query: int = Field(8, ge=1, le=32, description="Most photos of one organism per query.")
+    query_cache_size: int = Field(10_000, ge=1, description="Query vectors kept for re-runs (about 3 KB each).")
+    max_concurrent_embeds: int = Field(8, ge=1, description="Embedder calls in flight at once.")
+    max_concurrent_searches: int = Field(16, ge=1, description="Search service calls in flight at once.")
+    max_concurrent_images: int = Field(32, ge=1, description="Fetcher calls in flight at once.")
+    searches_per_minute: int = Field(60, ge=1, description="Searches and exports one client may make per minute.")
+    images_per_minute: int = Field(1200, ge=1, description="Image requests one client may make per minute.")
+    trust_forwarded_for: bool = Field(
+        False, description="Key rate limits on X-Forwarded-For (only behind a proxy that sets it)."
+    )
+    predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")

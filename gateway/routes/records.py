@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from gateway.dependencies import ClientsDep
+from gateway.dependencies import ClientsDep, limit_images
 from gateway.schemas import RecordView
 from gateway.views import record_view
 from services.common.errors import ErrorResponse, NotFound
@@ -15,7 +15,7 @@ from services.common.errors import ErrorResponse, NotFound
 router = APIRouter(prefix="/api", tags=["records"])
 
 RecordId = Annotated[int, Path(ge=0, le=2**31 - 1, description="The record id of a hit.")]
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 422, 502, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (404, 422, 429, 502, 503, 504)}
 
 
 @router.get("/records/{record_id}", response_model=RecordView, responses=ERRORS)
@@ -26,6 +26,7 @@ async def record(record_id: RecordId, clients: ClientsDep) -> RecordView:
 
 @router.get(
     "/images/{record_id}",
+    dependencies=[Depends(limit_images)],
     response_class=Response,
     responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}}, **ERRORS},
 )

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Stack
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -101,3 +101,44 @@ def test_unknown_api_path_is_a_json_404(client: TestClient) -> None:
 
 def test_request_id_is_echoed(client: TestClient) -> None:
     assert client.get("/healthz", headers={"X-Request-ID": "abc123"}).headers["x-request-id"] == "abc123"
+
+
+def test_searches_over_the_per_minute_limit_get_429_with_retry_after(free_port: Callable[[], int]) -> None:
+    settings = GatewaySettings(embedder_url=f"http://127.0.0.1:{free_port()}", searches_per_minute=2)
+    with TestClient(create_app(settings)) as client:
+        answers = [client.post("/api/search", json={"text": "Apis"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [503, 503, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(answers[2].headers["retry-after"]) <= 60
+
+
+def test_unknown_query_id_is_gone_with_a_way_forward(client: TestClient) -> None:
+    response = client.post("/api/search", json={"query_id": "img-0123456789abcdef"})
+    assert response.status_code == 410
+    assert response.json()["error"]["code"] == "query_expired"
+    assert "upload" in response.json()["error"]["message"]
+
+
+def test_more_photos_than_one_query_takes_are_refused(client: TestClient, make_image: ImageFactory) -> None:
+    files = [("image", (f"{i}.jpg", make_image(seed=i), "image/jpeg")) for i in range(9)]
+    response = client.post("/api/search", files=files)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_images"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "Apis", "record_id": 3}, "request"),
+        ({"text": "Apis", "filters": [{"rank": "tribe", "value": "x"}]}, "filters"),
+    ],
+)
+def test_ambiguous_or_invalid_json_queries_get_422(client: TestClient, body: dict, field: str) -> None:
+    response = client.post("/api/search", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_bad_filter_in_a_query_string_gets_422(client: TestClient) -> None:
+    response = client.get("/api/search", params={"text": "Apis", "filter": "tribe:Danaini"})
+    assert response.status_code == 422
+    assert "filter" in response.json()["error"]["message"]

@@ -1,0 +1,72 @@
+"""Query vectors kept by id, so changing a search's parameters never embeds the same query twice."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CachedQuery:
+    query_id: str
+    kind: str  # image, text, record
+    vector: np.ndarray
+    label: str  # what the query was, for people: file names, the text, the record id
+
+
+def image_query_id(images: list[bytes]) -> str:
+    """One id per set of images, whatever their order: the same photos are the same query."""
+    digests = sorted(hashlib.sha256(data).hexdigest() for data in images)
+    return "img-" + hashlib.sha256("".join(digests).encode()).hexdigest()[:32]
+
+
+def text_query_id(text: str) -> str:
+    return "txt-" + hashlib.sha256(text.strip().lower().encode()).hexdigest()[:32]
+
+
+def record_query_id(record_id: int) -> str:
+    return f"rec-{record_id}"
+
+
+class QueryCache:
+    """A bounded LRU of query vectors (a 768-d float32 vector is 3 KB: 10,000 of them are 30 MB)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, CachedQuery] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, query_id: str) -> CachedQuery | None:
+        with self._lock:
+            entry = self._entries.get(query_id)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(query_id)
+            self.hits += 1
+            return entry
+
+    def put(self, entry: CachedQuery) -> CachedQuery:
+        with self._lock:
+            self._entries[entry.query_id] = entry
+            self._entries.move_to_end(entry.query_id)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def mean_direction(vectors: list[list[float]]) -> np.ndarray:
+    """Several photos of one organism: the normalised mean of their (normalised) vectors."""
+    stacked = np.asarray(vectors, dtype=np.float32)
+    mean = stacked.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else stacked[0]

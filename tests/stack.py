@@ -1,0 +1,93 @@
+"""The four services as processes on 127.0.0.1, with a collection built by the builder command.
+
+Shared by tests/e2e and tests/browser (each module gets its own stack)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stack.demo_collection import generate_collection, write_manifest
+from stack.image_server import serve_in_thread
+from stack.processes import ROOT, ServiceProcess, service, stop_all
+from stack.tiny_model import TinyModel
+
+PER_SPECIES = 3
+
+
+@dataclass
+class Stack:
+    gateway: ServiceProcess
+    embedder: ServiceProcess
+    search: ServiceProcess
+    fetcher: ServiceProcess
+    rows: list[dict[str, Any]]
+    images: Path
+    logs: Path
+
+
+@contextmanager
+def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
+    """Generate a collection, serve its images, build it through the embedder, start the rest."""
+    images, logs = work / "images", work / "logs"
+    logs.mkdir()
+    source, source_url = serve_in_thread(images)
+    rows = generate_collection(images, per_species=PER_SPECIES, base_url=source_url)
+    manifest = write_manifest(rows, images / "manifest.csv")
+    ports = _free_ports(4)
+    processes: list[ServiceProcess] = []
+    try:
+        embedder = service("embedder", port=ports[0], env=tiny_model.env(), log_dir=logs)
+        processes.append(embedder)
+        embedder.start()
+        embedder.wait_ready()
+        build = subprocess.run(
+            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+             "--embedder", embedder.url, "--out", str(work / "collection"), "--batch-size", "8"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert build.returncode == 0, build.stderr
+        assert f"built {len(rows)} records (0 skipped)" in build.stdout
+        search = service("search", port=ports[1], env={"SEARCH_DATA_DIR": str(work / "collection")}, log_dir=logs)
+        fetcher_env = {"FETCHER_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8", "FETCHER_CACHE_DIR": str(work / "cache")}
+        fetcher = service("fetcher", port=ports[2], env=fetcher_env, log_dir=logs)
+        processes += [search, fetcher]
+        for process in (search, fetcher):
+            process.start()
+        gateway = service(
+            "gateway",
+            port=ports[3],
+            env={
+                "GATEWAY_EMBEDDER_URL": embedder.url,
+                "GATEWAY_SEARCH_URL": search.url,
+                "GATEWAY_FETCHER_URL": fetcher.url,
+            },
+            log_dir=logs,
+        )
+        processes.append(gateway)
+        gateway.start()
+        for process in (search, fetcher, gateway):
+            process.wait_ready()
+        yield Stack(gateway, embedder, search, fetcher, rows, images, logs)
+    finally:
+        stop_all(processes)
+        source.shutdown()
+        source.server_close()
+
+
+def _free_ports(count: int) -> list[int]:
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
