@@ -50,11 +50,16 @@ class ServiceProcess:
         prefix = self.name.upper()
         env = {**os.environ, f"{prefix}_PORT": str(self.port), f"{prefix}_HOST": "127.0.0.1", **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the runner only, which stops each child in order
-        )  # fmt: skip
+        log = self.log_path.open("ab") if self.log_path else None
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=env,
+                stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the runner only, which stops each child in order
+            )  # fmt: skip
+        finally:
+            if log is not None:
+                log.close()  # the child holds its own copy of the descriptor
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
