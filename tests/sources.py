@@ -19,6 +19,9 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before the first byte
     trickle: float = 0.0  # seconds between chunks of 1 KiB
+    drop_first: int = 0  # close the connection without an answer this many times first
+    declare_length: bool = True  # False: no Content-Length; the body ends when the connection closes
+    dropped: int = 0  # how many times it has dropped so far
 
 
 @dataclass
@@ -27,13 +30,16 @@ class Source:
     routes: dict[str, Route]
     requests: list[tuple[str, dict[str, str]]]
     folder: Path
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each request, in order
 
     def add(self, path: str, route: Route) -> str:
         self.routes[path] = route
         return self.base_url + path
 
 
-def _handler(routes: dict[str, Route], requests: list[tuple[str, dict[str, str]]]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    routes: dict[str, Route], requests: list[tuple[str, dict[str, str]]], arrivals: list[float] | None = None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -41,14 +47,23 @@ def _handler(routes: dict[str, Route], requests: list[tuple[str, dict[str, str]]
             pass
 
         def do_GET(self) -> None:
+            if arrivals is not None:
+                arrivals.append(time.monotonic())
             requests.append((self.path, dict(self.headers.items())))
             route = routes.get(self.path.split("?")[0])
             if route is None:
                 route = Route(status=404, body=b"not here", content_type="text/plain")
+            if route.dropped < route.drop_first:
+                route.dropped += 1
+                self.close_connection = True
+                return
             time.sleep(route.delay)
             self.send_response(route.status)
             self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
+            if route.declare_length:
+                self.send_header("Content-Length", str(len(route.body)))
+            else:
+                self.close_connection = True
             for name, value in route.headers.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -67,15 +82,18 @@ def _handler(routes: dict[str, Route], requests: list[tuple[str, dict[str, str]]
 
 
 @contextmanager
-def start_source(folder: Path) -> Iterator[Source]:
+def start_source(folder: Path, host: str = "127.0.0.1", poll_interval: float = 0.5) -> Iterator[Source]:
+    """`host`: another loopback address (127.0.0.2) when a test needs a source outside an allowlist.
+    `poll_interval`: how often the server checks for shutdown (a stop waits up to this long)."""
     routes: dict[str, Route] = {}
     requests: list[tuple[str, dict[str, str]]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, requests))
+    arrivals: list[float] = []
+    server = ThreadingHTTPServer((host, 0), _handler(routes, requests, arrivals))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,), daemon=True)
     thread.start()
     try:
-        yield Source(f"http://127.0.0.1:{server.server_address[1]}", routes, requests, folder)
+        yield Source(f"http://{host}:{server.server_address[1]}", routes, requests, folder, arrivals)
     finally:
         server.shutdown()
         server.server_close()

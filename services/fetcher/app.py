@@ -1,105 +1,124 @@
-"""The fetcher's FastAPI app: one shared httpx client for every source; thin routes."""
+"""The fetcher's FastAPI app: the lifespan wires one guarded httpx client, the caches and the
+politeness book; the routes are thin."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 
 from services.common.errors import ErrorResponse
-from services.common.http import make_async_client
-from services.common.images import InvalidImage
-from services.common.schemas.fetcher import FetcherStats, ImageSize
+from services.common.schemas.fetcher import BatchRequest, BatchResponse, FetcherStats, ImageSize
 from services.common.service import BlockingPool, create_service_app
-from services.fetcher.client import ImageFetcher, refusal
+from services.fetcher.cache import DiskCache, MemoryCache
+from services.fetcher.client import ImageFetcher
+from services.fetcher.pipeline import ImagePipeline, Served
+from services.fetcher.policy import PolicyBook, keep_budgets_saved, save_budgets
+from services.fetcher.safety import AddressGuard, Resolver
 from services.fetcher.settings import FetcherSettings
-from services.fetcher.thumbnails import render
+from services.fetcher.stats import Ledger
+from services.fetcher.transport import make_source_client
 
 logger = logging.getLogger(__name__)
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 404, 422, 429, 502, 504)}
+BUDGETS_FILE = "budgets.json"
 
 
-def get_fetcher(request: Request) -> ImageFetcher:
-    return request.app.state.fetcher
+def get_pipeline(request: Request) -> ImagePipeline:
+    return request.app.state.pipeline
 
 
-def get_pool(request: Request) -> BlockingPool:
-    return request.app.state.pool
+PipelineDep = Annotated[ImagePipeline, Depends(get_pipeline)]
 
 
-FetcherDep = Annotated[ImageFetcher, Depends(get_fetcher)]
-PoolDep = Annotated[BlockingPool, Depends(get_pool)]
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110's weak comparison over a list of tags, or `*`."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
-def create_app(settings: FetcherSettings) -> FastAPI:
+def image_response(served: Served, if_none_match: str | None, max_age: int) -> Response:
+    image = served.image
+    headers = {"ETag": image.etag, "Cache-Control": f"public, max-age={max_age}", "X-Fetcher-Cache": served.cache}
+    if etag_matches(if_none_match, image.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(image.data, media_type=image.media_type, headers=headers)
+
+
+def create_app(settings: FetcherSettings, *, resolver: Resolver | None = None) -> FastAPI:
+    """The fetcher. `resolver` answers host names (default: the system's); tests and benchmarks pass a table."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = make_async_client(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            max_connections=settings.max_connections,
-            user_agent=settings.user_agent,
-            follow_redirects=True,
-            forward_request_id=False,
-        )
-        app.state.pool = BlockingPool(settings.blocking_threads)
-        app.state.fetcher = ImageFetcher(client, settings)
+        pool = BlockingPool(settings.blocking_threads)
+        book = PolicyBook(settings.domain_policies)
+        budgets_path = settings.cache_dir / BUDGETS_FILE
+        await pool.run(book.load_budgets, budgets_path)
+        disk = DiskCache(settings.cache_dir, settings.cache_max_bytes)
+        await pool.run(disk.open)
+        client = make_source_client(settings, AddressGuard(settings.allowed_networks(), resolver))
+        fetcher = ImageFetcher(client, settings, book, Ledger(settings.recent_errors))
+        pipeline = ImagePipeline(fetcher, MemoryCache(settings.memory_cache_bytes), disk, pool, settings)
+        app.state.pipeline = pipeline
+        saver = asyncio.create_task(keep_budgets_saved(book, budgets_path, settings.budget_save_seconds, pool.run))
         app.state.ready = True
         async with client:
-            yield
-        app.state.ready = False
+            try:
+                yield
+            finally:
+                app.state.ready = False
+                await pipeline.renders.cancel_all()
+                await pipeline.downloads.cancel_all()
+                saver.cancel()
+                with suppress(asyncio.CancelledError):
+                    await saver
+                await save_budgets(book, budgets_path, pool.run)
 
     app = create_service_app(
         "fetcher",
         title="Fetcher",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
-        description="A hit's image fetched live from its source, re-encoded as a thumbnail or whole.",
+        description="A hit's image fetched live from its source, politely and safely, re-encoded and cached.",
+        max_body_bytes=1_000_000,
     )
-    sizes = {"thumb": settings.thumb_pixels, "medium": settings.medium_pixels, "full": None}
 
     @app.get(
         "/v1/image",
-        responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}}, **ERRORS},
+        responses={
+            200: {"content": {"image/webp": {}, "image/jpeg": {}}},
+            304: {"description": "Not modified"},
+            **ERRORS,
+        },
         response_class=Response,
         tags=["images"],
     )
     async def image(
         url: Annotated[str, Query(min_length=8, max_length=2048, description="The image's source URL.")],
-        fetcher: FetcherDep,
-        pool: PoolDep,
-        request: Request,
+        pipeline: PipelineDep,
         size: Annotated[ImageSize, Query(description="thumb, medium or full.")] = "thumb",
+        if_none_match: Annotated[str | None, Header(description="ETags the caller holds.")] = None,
     ) -> Response:
         """The image at `url`, re-encoded at the size asked for, or a JSON error with a status word."""
-        fetched = await fetcher.fetch(url)
-        try:
-            rendered = await pool.run(
-                lambda: render(
-                    fetched.data,
-                    longest_side=sizes[size],
-                    image_format=settings.thumb_format,
-                    max_pixels=settings.max_image_pixels,
-                )
-            )
-        except InvalidImage as exc:
-            code = "too_large" if exc.code == "image_too_large" else "not_an_image"
-            raise refusal(code, f"the source did not send a usable image: {exc.message}") from exc
-        etag = '"' + hashlib.sha256(rendered.data).hexdigest()[:32] + '"'
-        headers = {"ETag": etag, "Cache-Control": f"public, max-age={settings.browser_cache_seconds}"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        return Response(rendered.data, media_type=rendered.media_type, headers=headers)
+        served = await pipeline.image(url, size)
+        return image_response(served, if_none_match, settings.browser_cache_seconds)
+
+    @app.post("/v1/images", response_model=BatchResponse, responses={422: {"model": ErrorResponse}}, tags=["images"])
+    async def images(body: BatchRequest, pipeline: PipelineDep) -> BatchResponse:
+        """Many URLs at once, each answered with its own status (and, when asked, its bytes)."""
+        return await pipeline.batch(body)
 
     @app.get("/v1/stats", response_model=FetcherStats, tags=["images"])
-    async def stats(fetcher: FetcherDep) -> FetcherStats:
-        """Requests, bytes and errors per source domain over the last hour."""
-        return fetcher.ledger.snapshot()
+    async def stats(pipeline: PipelineDep) -> FetcherStats:
+        """Per-domain requests and bytes over the last hour, in flight now, cache figures, recent errors."""
+        return pipeline.stats()
 
     return app

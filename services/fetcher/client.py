@@ -1,147 +1,220 @@
-"""Fetch an image's bytes from its source: identifying User-Agent, size cap, total deadline."""
+"""Fetch an image's bytes from its source, politely and carefully.
+
+Each request takes a turn at its domain's gate (policy.py), goes out through the guarded client
+(transport.py: only to checked addresses), and is read with a size cap, a content check and a
+total deadline (httpx's read timeout is per chunk, so a trickling source must be cut off here).
+Redirects are followed by hand so that each one is checked like the URL itself; timeouts and
+connection errors are retried a few times with jittered back-off; a 429 or 503 backs the domain off.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import anyio
 import httpx
 
-from services.common.errors import ServiceError
-from services.common.schemas.fetcher import DomainStats, FetcherStats
+from services.fetcher.errors import FetchFailed
+from services.fetcher.policy import DomainGate, PolicyBook
+from services.fetcher.safety import MAGIC_BYTES_NEEDED, check_url, content_type_refusal, looks_like_image
 from services.fetcher.settings import FetcherSettings
+from services.fetcher.stats import Ledger
 
 logger = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 3600
-
-
-class FetchFailed(ServiceError):
-    """The source did not give us an image. `code` is one of the fetcher's status words."""
-
-    status_code = 502
-    code = "error"
-
-
-def refusal(code: str, message: str, retry_after: int | None = None) -> FetchFailed:
-    status = {
-        "not_found": 404,
-        "blocked": 403,
-        "bad_url": 400,
-        "timeout": 504,
-        "rate_limited": 429,
-        "too_large": 502,
-        "not_an_image": 502,
-    }.get(code, 502)
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return FetchFailed(message, code=code, status_code=status, headers=headers)
+REDIRECTS = (301, 302, 303, 307, 308)
+# Worth another try: the network or the source hiccuped. Not PoolTimeout: our own pool is full.
+RETRYABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.RemoteProtocolError,
+)
 
 
 @dataclass(frozen=True)
 class Fetched:
-    url: str
+    url: str  # where the bytes came from, after any redirects
     data: bytes
     content_type: str | None
 
 
-class DomainLedger:
-    """Requests, bytes and errors per domain over a sliding hour."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, deque[tuple[float, int, bool]]] = defaultdict(deque)
-        self.fetches = 0
-        self.failures = 0
-
-    def record(self, domain: str, size: int, ok: bool) -> None:
-        self.fetches += 1
-        self.failures += 0 if ok else 1
-        self._events[domain].append((time.monotonic(), size, ok))
-
-    def snapshot(self) -> FetcherStats:
-        cutoff = time.monotonic() - WINDOW_SECONDS
-        domains = []
-        for domain, events in sorted(self._events.items()):
-            while events and events[0][0] < cutoff:
-                events.popleft()
-            if events:
-                domains.append(
-                    DomainStats(
-                        domain=domain,
-                        requests=len(events),
-                        bytes=sum(size for _, size, _ in events),
-                        errors=sum(1 for _, _, ok in events if not ok),
-                    )
-                )
-        return FetcherStats(
-            window_seconds=WINDOW_SECONDS, domains=domains, fetches=self.fetches, failures=self.failures
-        )
+@dataclass(frozen=True)
+class _Redirect:
+    location: str
 
 
-def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise refusal("bad_url", f"only http and https URLs can be fetched, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
-        raise refusal("bad_url", "the URL has no host")
-    return parts.hostname.lower()
+class _NetworkClock:
+    """Seconds left for the source to deliver: spent only while a request or a retry's pause runs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.total = seconds
+        self.left = seconds
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(max(self.left, 0.0)):
+                yield
+        finally:
+            self.left -= time.monotonic() - started
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, from either of its forms (seconds, or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _describe(exc: httpx.HTTPError, domain: str) -> FetchFailed:
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchFailed("timeout", f"{domain} timed out ({type(exc).__name__})")
+    return FetchFailed("error", f"could not fetch from {domain}: {type(exc).__name__}: {exc}")
 
 
 class ImageFetcher:
-    def __init__(self, client: httpx.AsyncClient, settings: FetcherSettings) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: FetcherSettings, book: PolicyBook, ledger: Ledger) -> None:
         self.client = client
         self.settings = settings
-        self.ledger = DomainLedger()
+        self.book = book
+        self.ledger = ledger
 
     async def fetch(self, url: str) -> Fetched:
-        domain = check_url(url)
-        received = 0
+        """The bytes at `url`, or FetchFailed with a status word."""
+        check_url(url)
         try:
-            # httpx's read timeout is per chunk; a source that trickles must still end.
-            with anyio.fail_after(self.settings.total_timeout):
-                fetched, received = await self._download(url)
-        except TimeoutError as exc:
-            self.ledger.record(domain, received, ok=False)
-            raise refusal(
-                "timeout", f"{domain} did not send the image within {self.settings.total_timeout:g} s"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            self.ledger.record(domain, received, ok=False)
-            raise refusal("timeout", f"{domain} timed out: {type(exc).__name__}") from exc
-        except httpx.HTTPError as exc:
-            self.ledger.record(domain, received, ok=False)
-            raise refusal("error", f"could not fetch from {domain}: {type(exc).__name__}: {exc}") from exc
-        except FetchFailed:
-            self.ledger.record(domain, received, ok=False)
+            fetched = await self._follow(url)
+        except FetchFailed as exc:
+            self.ledger.fetch_done(ok=False)
+            self.ledger.note(url, exc.code, exc.message)
             raise
-        self.ledger.record(domain, len(fetched.data), ok=True)
+        self.ledger.fetch_done(ok=True)
         return fetched
 
-    async def _download(self, url: str) -> tuple[Fetched, int]:
+    async def _follow(self, url: str) -> Fetched:
+        clock = _NetworkClock(self.settings.total_timeout)
+        current = url
+        for _ in range(self.settings.max_redirects + 1):
+            result = await self._with_retries(current, clock)
+            if isinstance(result, Fetched):
+                return result
+            # Each hop is checked like the URL: scheme here, its addresses when it connects.
+            try:
+                check_url(result.location)
+            except FetchFailed as exc:
+                raise FetchFailed("blocked", f"{current} redirected to {result.location[:200]}: {exc.message}") from exc
+            current = result.location
+        raise FetchFailed("error", f"more than {self.settings.max_redirects} redirects from {url}")
+
+    async def _with_retries(self, url: str, clock: _NetworkClock) -> Fetched | _Redirect:
+        domain = check_url(url)
+        gate = self.book.gate(domain)
+        attempt = 0
+        while True:
+            try:
+                return await self._once(url, domain, gate, clock)
+            except FetchFailed:
+                self.ledger.failed(domain)
+                raise
+            except RETRYABLE as exc:
+                self.ledger.failed(domain)
+                failure = _describe(exc, domain)
+                pause = random.uniform(0, self.settings.retry_backoff * 2**attempt)  # full jitter
+                if attempt >= self.settings.retries or pause >= clock.left:
+                    raise failure from exc
+            attempt += 1
+            logger.info("retrying %s in %.2f s (%s)", url, pause, failure.message)
+            try:
+                with clock.running():
+                    await anyio.sleep(pause)
+            except TimeoutError:  # pragma: no cover - the pause was shorter than what was left
+                raise failure from None
+
+    async def _once(self, url: str, domain: str, gate: DomainGate, clock: _NetworkClock) -> Fetched | _Redirect:
         limit = self.settings.max_image_bytes
-        async with self.client.stream("GET", url) as response:
-            domain = response.url.host
-            if response.status_code in (404, 410):
-                raise refusal("not_found", f"{domain} has no image at that URL ({response.status_code})")
-            if response.status_code == 429:
-                retry = response.headers.get("retry-after", "")
-                raise refusal(
-                    "rate_limited", f"{domain} asked us to slow down", int(retry) if retry.isdigit() else None
-                )
-            if response.status_code >= 400:
-                raise refusal("error", f"{domain} answered {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise refusal("too_large", f"{domain} sent {int(declared)} bytes; the limit is {limit}")
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in response.aiter_bytes():
-                received += len(chunk)
-                if received > limit:
-                    raise refusal("too_large", f"{domain} sent more than the limit of {limit} bytes")
-                chunks.append(chunk)
-            content_type = response.headers.get("content-type")
-        return Fetched(url=url, data=b"".join(chunks), content_type=content_type), received
+        gate.check_budget(limit)  # before queueing: no point waiting for a turn we could not use
+        async with gate.turn(self.settings.queue_timeout) as turn:
+            # The largest image we would accept: the budget then holds whatever the source sends.
+            turn.reserve(limit)
+            self.ledger.sent(domain)
+            received = [0]
+            try:
+                with clock.running():
+                    async with self.client.stream("GET", url) as response:
+                        turn.responded()
+                        return await self._read(response, domain, gate, received)
+            except TimeoutError as exc:
+                raise FetchFailed(
+                    "timeout", f"{domain} did not deliver within {self.settings.total_timeout:g} s"
+                ) from exc
+            finally:
+                turn.settle(received[0])
+                self.ledger.finished(domain, received[0])
+
+    async def _read(
+        self, response: httpx.Response, domain: str, gate: DomainGate, received: list[int]
+    ) -> Fetched | _Redirect:
+        status = response.status_code
+        if status in REDIRECTS:
+            location = response.headers.get("location")
+            if not location:
+                raise FetchFailed("error", f"{domain} answered {status} without a Location")
+            return _Redirect(str(response.url.join(location).copy_with(fragment=None)))
+        if status in (404, 410):
+            raise FetchFailed("not_found", f"{domain} has no image at that URL ({status})")
+        if status in (429, 503):
+            asked = parse_retry_after(response.headers.get("retry-after"))
+            wait = min(self.settings.backoff_seconds if asked is None else asked, self.settings.max_backoff_seconds)
+            gate.back_off(wait)
+            raise FetchFailed("rate_limited", f"{domain} answered {status}; leaving it alone for {wait:.0f} s", wait)
+        if status not in (200, 203):
+            raise FetchFailed("error", f"{domain} answered {status}")
+        refusal = content_type_refusal(response.headers.get("content-type"))
+        if refusal:
+            raise FetchFailed("not_an_image", f"{domain}: {refusal}")
+        limit = self.settings.max_image_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise FetchFailed("too_large", f"{domain} would send {int(declared)} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        checked = False
+        # Raw bytes: we asked for no content encoding, and inflating one would dodge the cap.
+        async for chunk in response.aiter_raw():
+            received[0] += len(chunk)
+            if received[0] > limit:
+                raise FetchFailed("too_large", f"{domain} sent more than the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not checked and received[0] >= MAGIC_BYTES_NEEDED:
+                self._check_magic(b"".join(chunks), domain)
+                checked = True
+        data = b"".join(chunks)
+        if not checked:
+            self._check_magic(data, domain)
+        return Fetched(url=str(response.url), data=data, content_type=response.headers.get("content-type"))
+
+    @staticmethod
+    def _check_magic(head: bytes, domain: str) -> None:
+        if not looks_like_image(head[:MAGIC_BYTES_NEEDED]):
+            what = "nothing" if not head else "bytes that are not a supported image format"
+            raise FetchFailed("not_an_image", f"{domain} sent {what}")

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.fetcher.policy import DEFAULT_POLICY_KEY, DomainPolicy
+from services.fetcher.safety import IPNetwork, parse_networks
+
+# iNaturalist's published limits for its own CDN are 1 request/s and 5 GB/hour, 24 GB/day of media
+# (violators are banned for good); the budgets sit well under them. Its open-data bucket on S3 is
+# AWS Open Data: parallel fetching is fine there.
+
+
+class _JsonDict(dict[str, Any]):
+    """A dict that prints as JSON, so docs/operations.md shows the default as one would set it."""
+
+    def __str__(self) -> str:
+        return json.dumps(self)
+
+
+BUILTIN_POLICIES: dict[str, dict[str, Any]] = _JsonDict(
+    {
+        "static.inaturalist.org": {
+            "max_concurrency": 1,
+            "requests_per_second": 1.0,
+            "budgets": [{"bytes": 4_000_000_000, "seconds": 3600}, {"bytes": 20_000_000_000, "seconds": 86400}],
+            "renditions": "inaturalist",
+        },
+        "inaturalist-open-data.s3.amazonaws.com": {"max_concurrency": 16, "renditions": "inaturalist"},
+        DEFAULT_POLICY_KEY: {"max_concurrency": 4},
+    }
+)
 
 
 class FetcherSettings(ServiceSettings):
@@ -18,11 +49,95 @@ class FetcherSettings(ServiceSettings):
     )
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to a source.")
     read_timeout: float = Field(10.0, gt=0, description="Seconds to wait for each chunk from a source.")
-    total_timeout: float = Field(20.0, gt=0, description="Seconds a whole fetch may take, however it trickles.")
+    total_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds a source has to deliver the image however it trickles, retries and redirects "
+        "included (waiting for the domain's turn is not).",
+    )
+    queue_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Longest wait for a domain's turn (its concurrency, request spacing, back-off) before "
+        "answering rate_limited with Retry-After.",
+    )
+    retries: int = Field(2, ge=0, le=10, description="Retries after a timeout or connection error.")
+    retry_backoff: float = Field(
+        0.5, ge=0, description="Seconds of jittered back-off before the first retry, doubling for each next one."
+    )
+    backoff_seconds: float = Field(
+        60.0, ge=0, description="How long a domain is left alone after a 429 or 503 that sent no Retry-After."
+    )
+    max_backoff_seconds: float = Field(
+        3600.0, ge=0, description="Longest back-off a source's Retry-After can impose on its domain."
+    )
+    max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed, each one checked like the URL.")
     max_connections: int = Field(32, ge=1, description="Open connections to all sources together.")
-    max_image_bytes: int = Field(20_000_000, ge=1, description="Largest image accepted from a source, in bytes.")
+    max_image_bytes: int = Field(
+        20_000_000, ge=1, description="Largest image accepted from a source, in bytes (reading stops past it)."
+    )
     max_image_pixels: int = Field(89_478_485, ge=1, description="Largest decoded image, in pixels.")
     thumb_pixels: int = Field(256, ge=16, description="Longest side of a `thumb` image.")
     medium_pixels: int = Field(768, ge=16, description="Longest side of a `medium` image.")
     thumb_format: str = Field("WEBP", pattern="^(WEBP|JPEG)$", description="Encoding of thumb and medium images.")
     browser_cache_seconds: int = Field(86_400, ge=0, description="Cache-Control max-age for images sent.")
+    domain_policies: dict[str, DomainPolicy] = Field(
+        BUILTIN_POLICIES,  # type: ignore[arg-type]  # validated into DomainPolicy (validate_default)
+        validate_default=True,
+        description="Per-domain politeness as JSON: {domain: {max_concurrency, requests_per_second, budgets: "
+        '[{bytes, seconds}], renditions: "inaturalist" or null}}; "*" is every other host, and a domain '
+        "also covers its subdomains. A value given is merged over these built-in ones domain by domain, "
+        "so naming one domain never drops iNaturalist's limits.",
+    )
+    allow_private_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs exempt from the refusal of private, loopback and link-local "
+        "addresses (e.g. 127.0.0.0/8 for a local collection). Cloud metadata addresses stay refused.",
+    )
+    cache_dir: Path = Field(
+        Path("var/cache/fetcher"),
+        description="Folder of the disk cache of rendered images (and the saved byte budgets); relative to "
+        "the working directory.",
+    )
+    cache_max_bytes: int = Field(
+        2_000_000_000, ge=0, description="Disk cache size; least recently used images go first. 0: no disk cache."
+    )
+    memory_cache_bytes: int = Field(
+        32_000_000, ge=0, description="In-memory cache of the most recently served images. 0: none."
+    )
+    recent_errors: int = Field(20, ge=0, le=1000, description="Failed fetches kept for /v1/stats.")
+    budget_save_seconds: float = Field(
+        5.0, gt=0, description="How often the byte budgets are saved to the cache folder while they change."
+    )
+
+    @field_validator("domain_policies", mode="after")
+    @classmethod
+    def _merge_over_builtin(cls, value: dict[str, DomainPolicy]) -> dict[str, DomainPolicy]:
+        merged = {key: DomainPolicy.model_validate(policy) for key, policy in BUILTIN_POLICIES.items()}
+        merged.update({key.lower().rstrip("."): policy for key, policy in value.items()})
+        return merged
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _budgets_fit_one_image(self) -> FetcherSettings:
+        # A fetch reserves the largest image it may receive: a smaller budget could never be met.
+        for domain, policy in self.domain_policies.items():
+            for budget in policy.budgets:
+                if budget.bytes < self.max_image_bytes:
+                    raise ValueError(
+                        f"{domain}: a budget of {budget.bytes} bytes is smaller than one image "
+                        f"(max_image_bytes = {self.max_image_bytes})"
+                    )
+        return self
+
+    def allowed_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.allow_private_networks)
+
+    def sizes(self) -> dict[str, int | None]:
+        """Longest side of each size word; None keeps the image's own size."""
+        return {"thumb": self.thumb_pixels, "medium": self.medium_pixels, "full": None}

@@ -1,19 +1,53 @@
-"""Re-encode a fetched image at the size asked for, with no metadata carried over."""
+"""Sizes: which published rendition to fetch for a size, and re-encoding with no metadata carried over."""
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from PIL import Image
 
 from services.common.images import decode_image
+
+# iNaturalist publishes every photo at /photos/<id>/<name>.<ext> in these renditions, by longest
+# side; `square` (75 px) is a crop, not the whole picture, so it is never chosen. Original is at
+# most 2048 px.
+_INATURALIST_PATH = re.compile(r"^(?P<head>.*/photos/\d+/)(?P<name>original|large|medium|small)(?P<ext>\.\w+)$")
+INATURALIST_RENDITIONS: tuple[tuple[str, int | None], ...] = (
+    ("small", 240),
+    ("medium", 500),
+    ("large", 1024),
+    ("original", None),
+)
 
 
 @dataclass(frozen=True)
 class Rendered:
     data: bytes
     media_type: str
+
+
+def smaller_rendition(url: str, layout: str | None, longest_side: int | None) -> str | None:
+    """The URL of the smallest rendition that still serves `longest_side` (None: the full image), when
+    it is smaller than the one named; None when the URL as given is the one to fetch.
+
+    Never larger than the rendition named: the collection chose that one.
+    """
+    if layout != "inaturalist":
+        return None
+    parts = urlsplit(url)
+    match = _INATURALIST_PATH.match(parts.path)
+    if not match:
+        return None
+    names = [name for name, _ in INATURALIST_RENDITIONS]
+    named = names.index(match["name"])
+    for name, side in INATURALIST_RENDITIONS[:named]:
+        if longest_side is not None and side is not None and side >= longest_side:
+            path = f"{match['head']}{name}{match['ext']}"
+            return urlunsplit(parts._replace(path=path))
+    return None
 
 
 def render(data: bytes, *, longest_side: int | None, image_format: str, max_pixels: int) -> Rendered:

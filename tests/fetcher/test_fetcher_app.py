@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,12 +13,13 @@ from PIL import Image
 from services.fetcher.app import create_app
 from services.fetcher.settings import FetcherSettings
 from tests.conftest import ImageFactory
+from tests.fetcher.conftest import fetcher_settings
 from tests.sources import Route, Source
 
 
 @pytest.fixture
-def settings() -> FetcherSettings:
-    return FetcherSettings(total_timeout=3.0, read_timeout=2.0, max_image_bytes=2_000_000)
+def settings(tmp_path: Path) -> FetcherSettings:
+    return fetcher_settings(tmp_path / "cache")
 
 
 @pytest.fixture
@@ -95,8 +97,10 @@ def test_source_failures_get_a_status_word(
         assert response.headers["retry-after"] == "7"
 
 
-def test_a_source_that_trickles_is_cut_off_at_the_total_deadline(source: Source, make_image: ImageFactory) -> None:
-    settings = FetcherSettings(total_timeout=1.0, read_timeout=5.0)
+def test_a_source_that_trickles_is_cut_off_at_the_total_deadline(
+    source: Source, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    settings = fetcher_settings(tmp_path / "cache", total_timeout=1.0, read_timeout=5.0)
     url = source.add("/slow.jpg", Route(body=make_image(400, 400, fmt="PNG"), trickle=0.2))
     with TestClient(create_app(settings)) as client:
         response = client.get("/v1/image", params={"url": url})

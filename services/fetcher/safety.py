@@ -1,0 +1,211 @@
+"""What the fetcher may fetch: URL schemes, the addresses it may connect to, what counts as an image.
+
+The fetcher fetches URLs that come from a collection, which anyone may have built: a URL (or a
+redirect, or a DNS answer) must not turn it into a way to reach the machine it runs on, its
+private network or a cloud metadata service. Every address a host resolves to is checked here,
+and the transport connects only to an address this module accepted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import anyio
+
+from services.fetcher.errors import FetchFailed
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Answer a host name with its addresses (as text). Pluggable so tests and benchmarks can name
+# hosts without DNS; the service uses the system resolver.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+# Cloud instance-metadata endpoints: refused even when an allowlist covers their network.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.169.253",  # AWS DNS
+        "fd00:ec2::254",  # AWS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud
+    )
+)
+
+# The image formats services.common.images decodes, by their first bytes (WebP is RIFF....WEBP).
+_MAGIC_PREFIXES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"BM",
+)
+MAGIC_BYTES_NEEDED = 12
+
+# Content types that may carry an image: S3 and some CDNs label everything octet-stream.
+_IMAGE_LIKE_TYPES = ("application/octet-stream", "binary/octet-stream")
+
+
+def check_url(url: str) -> str:
+    """The URL's host (lower case), or bad_url when it is not http(s) with a host."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise FetchFailed("bad_url", f"the URL cannot be parsed: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise FetchFailed("bad_url", f"only http and https URLs can be fetched, not {parts.scheme or 'no scheme'!r}")
+    if not host:
+        raise FetchFailed("bad_url", "the URL has no host")
+    return host.lower()
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs (a bare address is one host); ValueError names a bad one."""
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network in CIDR notation ({exc})") from exc
+    return tuple(networks)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address leads to: mapped, 6to4, Teredo, NAT64 and IPv4-compatible forms."""
+    found = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    packed = int(address)
+    if address in ipaddress.ip_network("64:ff9b::/96") or address in ipaddress.ip_network("64:ff9b:1::/48"):
+        found.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+    if packed >> 32 == 0 and packed > 1:  # ::a.b.c.d, the deprecated IPv4-compatible form
+        found.append(ipaddress.IPv4Address(packed))
+    return found
+
+
+def _reason(address: IPAddress) -> str | None:
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.is_private:
+        return "a private address"
+    if address.is_reserved or not address.is_global:
+        return "a reserved address"
+    return None
+
+
+class AddressGuard:
+    """Decides whether the fetcher may connect to an address, and resolves hosts to allowed ones."""
+
+    def __init__(self, allowed: Iterable[IPNetwork] = (), resolver: Resolver | None = None) -> None:
+        self.allowed = tuple(allowed)
+        self.resolver: Resolver = resolver or system_resolver
+
+    def refusal(self, text: str) -> str | None:
+        """Why the fetcher may not connect to this address, or None when it may."""
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone (fe80::1%eth0)
+        except ValueError:
+            return "not an IP address"
+        candidates: list[IPAddress] = [address]
+        if isinstance(address, ipaddress.IPv6Address):
+            # ::ffff:10.0.0.5 reaches 10.0.0.5: judge it as that address.
+            if address.ipv4_mapped is not None:
+                candidates = [address.ipv4_mapped]
+            candidates += [a for a in _embedded_ipv4(address) if a not in candidates]
+        for candidate in candidates:
+            if candidate in METADATA_ADDRESSES:
+                return "a cloud metadata address"
+        for candidate in candidates:
+            if any(candidate in network for network in self.allowed if network.version == candidate.version):
+                continue
+            reason = _reason(candidate)
+            if reason:
+                return reason if candidate == address else f"{reason} ({candidate}, inside {address})"
+        return None
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses to connect to for `host`; blocked when any answer is one we may not reach.
+
+        Any, not all: a host that answers both a public and a private address (DNS rebinding
+        tricks do) is refused whole rather than raced.
+        """
+        literal = host.strip("[]")
+        try:
+            ipaddress.ip_address(literal.split("%", 1)[0])
+            addresses = [literal]
+        except ValueError:
+            addresses = await self.resolver(host, port)
+        if not addresses:
+            raise OSError(f"{host} has no addresses")
+        for address in addresses:
+            reason = self.refusal(address)
+            if reason:
+                logger.warning("refused to connect to %s: %s is %s", host, address, reason)
+                shown = host if host == address else f"{host} ({address})"
+                raise FetchFailed("blocked", f"refused to connect to {shown}: {reason}")
+        return addresses
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The operating system's answer (DNS, /etc/hosts), IPv4 and IPv6, without duplicates."""
+    answers = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in answers:
+        address = str(sockaddr[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class StaticResolver:
+    """Host names answered from a table, nothing else (tests and benchmarks: no DNS at all)."""
+
+    def __init__(self, table: Mapping[str, list[str]]) -> None:
+        self.table = {host.lower(): list(addresses) for host, addresses in table.items()}
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        try:
+            return self.table[host.lower()]
+        except KeyError:
+            raise OSError(f"{host} is not in the resolver's table") from None
+
+
+def content_type_refusal(content_type: str | None) -> str | None:
+    """Why a declared Content-Type cannot be an image, or None (no type declared is let through)."""
+    if not content_type:
+        return None
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media.startswith("image/") or media in _IMAGE_LIKE_TYPES:
+        return None
+    return f"the source sent {media}, not an image"
+
+
+def looks_like_image(head: bytes) -> bool:
+    """The first bytes are those of a format the fetcher decodes (JPEG, PNG, GIF, WebP, TIFF, BMP)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head.startswith(_MAGIC_PREFIXES)
