@@ -1,22 +1,34 @@
-"""The collection builder: a manifest of images in, a FAISS index and a DuckDB metadata file out.
+"""The collection builder: a manifest of images in, a FAISS index, a DuckDB metadata file and its sidecar out.
 
     python -m services.search.build --manifest photos.csv --embedder http://127.0.0.1:8001 --out data/
+    python -m services.search.build --manifest rows.parquet --embeddings vectors.npy --out data/
 
 The manifest (CSV or Parquet) has one row per image: `url` (where the image is published) and/or
 `path` (a local copy to embed instead of downloading), plus any of the taxonomy and source columns
 of the metadata schema. Images are embedded by the embedder service, as the search will embed
-queries, so the index and the queries always share one model and one preprocessing.
+queries, so the index and the queries always share one model and one preprocessing; or the
+vectors come ready-made (`--embeddings`, a .npy of one row per manifest row).
+
+Embedding is the slow part and is resumable: vectors are saved in chunks under
+`OUT/.building/embedding/`, and running the same command again carries on from the last chunk.
+The index type follows the collection's size (exact below 100,000 vectors, IVF with PQ codes
+above) unless `--index` says otherwise; it is trained on a sample and filled in chunks. The
+metadata is written in the optimised form: URL prefixes split out, ENUM types for the
+low-cardinality columns, rows sorted by taxonomy, a unique index on `id`, and the lookup sidecar.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +43,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from services.search.index import AUTO_HNSW_FROM_NLIST, hnsw_over_centroids
+from services.search.metadata import default_sidecar_path
 from services.search.settings import INDEX_FILE, METADATA_FILE
+from services.search.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +55,16 @@ TEXT_COLUMNS = (
     "kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name",
     "source_dataset", "source_id", "publisher", "img_type", "basisOfRecord",
 )  # fmt: skip
+# Few distinct values: stored as DuckDB ENUMs (a byte or two per row instead of a string).
+ENUM_COLUMNS = (
+    "kingdom", "phylum", "class", "order", "family", "source_dataset", "publisher", "img_type", "basisOfRecord",
+)  # fmt: skip
+TAXONOMY_ORDER = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 EXACT_BELOW = 100_000
 MAX_PREFIXES = 65_535
+CHUNK_ROWS = 4096
+ADD_CHUNK = 100_000
+TRAIN_SAMPLE_MAX = 1_000_000
 
 
 class BuildError(RuntimeError):
@@ -51,11 +74,11 @@ class BuildError(RuntimeError):
 @dataclass
 class Embedded:
     rows: list[dict[str, Any]]
-    vectors: np.ndarray
+    vectors: np.ndarray  # (rows, dim) float32; a memory map of the saved chunks for large inputs
     skipped: list[tuple[int, str]]
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]]:
+def read_manifest(path: Path, *, needs_images: bool = True) -> list[dict[str, Any]]:
     if not path.is_file():
         raise BuildError(f"no manifest at {path}")
     if path.suffix.lower() == ".parquet":
@@ -66,7 +89,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(delimiter=delimiter), convert_options=convert)
     else:
         raise BuildError(f"{path}: a manifest is .csv, .tsv or .parquet")
-    if "url" not in table.column_names and "path" not in table.column_names:
+    if needs_images and "url" not in table.column_names and "path" not in table.column_names:
         raise BuildError(f"{path}: the manifest needs a `url` or a `path` column")
     rows = table.to_pylist()
     if not rows:
@@ -92,45 +115,158 @@ def _embed_batch(client: httpx.Client, embedder: str, images: list[tuple[int, by
     return np.asarray(response.json()["vectors"], dtype=np.float32)
 
 
-def embed_manifest(
-    rows: list[dict[str, Any]], *, embedder: str, base: Path, batch_size: int = 16, timeout: float = 120.0
-) -> Embedded:
-    """Embed every row's image through the embedder; rows whose image fails are skipped and reported."""
-    kept: list[dict[str, Any]] = []
+def _embed_rows(
+    client: httpx.Client, embedder: str, rows: list[dict[str, Any]], indices: range, base: Path
+) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
+    """One batch: (kept row indices, their vectors, skipped rows with reasons)."""
+    kept: list[int] = []
     vectors: list[np.ndarray] = []
     skipped: list[tuple[int, str]] = []
-    limits = httpx.Limits(max_connections=8)
-    with httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT}) as client:
-        for start in tqdm(range(0, len(rows), batch_size), desc="embedding", unit="batch", file=sys.stderr):
-            batch: list[tuple[int, bytes]] = []
-            for index in range(start, min(start + batch_size, len(rows))):
-                try:
-                    batch.append((index, _load_image(rows[index], base, client)))
-                except (OSError, httpx.HTTPError) as exc:
-                    skipped.append((index, f"could not read the image: {exc}"))
-            if not batch:
-                continue
+    batch: list[tuple[int, bytes]] = []
+    for index in indices:
+        try:
+            batch.append((index, _load_image(rows[index], base, client)))
+        except (OSError, httpx.HTTPError) as exc:
+            skipped.append((index, f"could not read the image: {exc}"))
+    if not batch:
+        return kept, vectors, skipped
+    try:
+        found = _embed_batch(client, embedder, batch)
+        pairs = list(zip(batch, found, strict=True))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code >= 500:
+            raise BuildError(f"the embedder failed: {exc.response.status_code} {exc.response.text}") from exc
+        # One bad image refuses the whole batch: embed the batch one by one to keep the rest.
+        pairs = []
+        for item in batch:
             try:
-                found = _embed_batch(client, embedder, batch)
-                pairs = list(zip(batch, found, strict=True))
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code >= 500:
-                    raise BuildError(f"the embedder failed: {exc.response.status_code} {exc.response.text}") from exc
-                # One bad image refuses the whole batch: embed the batch one by one to keep the rest.
-                pairs = []
-                for item in batch:
-                    try:
-                        pairs.append((item, _embed_batch(client, embedder, [item])[0]))
-                    except httpx.HTTPStatusError as single:
-                        skipped.append((item[0], single.response.text))
-            except httpx.TransportError as exc:
-                raise BuildError(f"the embedder at {embedder} could not be reached: {exc}") from exc
-            for (index, _), vector in pairs:
-                kept.append(rows[index])
-                vectors.append(vector)
+                pairs.append((item, _embed_batch(client, embedder, [item])[0]))
+            except httpx.HTTPStatusError as single:
+                skipped.append((item[0], single.response.text))
+    except httpx.TransportError as exc:
+        raise BuildError(f"the embedder at {embedder} could not be reached: {exc}") from exc
+    for (index, _), vector in pairs:
+        kept.append(index)
+        vectors.append(vector)
+    return kept, vectors, skipped
+
+
+def manifest_fingerprint(rows: list[dict[str, Any]]) -> str:
+    """What ties saved embeddings to a manifest: every row's url and path, in order."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.get('url') or ''}\t{row.get('path') or ''}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_saved(work: Path, rows: list[dict[str, Any]], chunk_rows: int) -> None:
+    state_file = work / "state.json"
+    state = {"rows": len(rows), "fingerprint": manifest_fingerprint(rows), "chunk_rows": chunk_rows}
+    if state_file.is_file():
+        saved = json.loads(state_file.read_text())
+        if saved.get("rows") != len(rows):
+            raise BuildError(
+                f"the manifest has {len(rows)} rows but the embeddings saved in {work} by an earlier run are for "
+                f"{saved.get('rows')} rows; use the same manifest, or pass --restart to embed from scratch"
+            )
+        if saved.get("fingerprint") != state["fingerprint"] or saved.get("chunk_rows") != chunk_rows:
+            raise BuildError(
+                f"the manifest's images differ from those embedded in {work} by an earlier run; use the same "
+                "manifest (and --chunk-rows), or pass --restart to embed from scratch"
+            )
+        logger.info("resuming: embeddings saved in %s are reused", work)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state))
+
+
+def embed_manifest(
+    rows: list[dict[str, Any]],
+    *,
+    embedder: str,
+    base: Path,
+    work: Path,
+    batch_size: int = 16,
+    chunk_rows: int = CHUNK_ROWS,
+    timeout: float = 120.0,
+) -> Embedded:
+    """Embed every row's image through the embedder, saving each chunk of rows; saved chunks are not redone.
+
+    Rows whose image fails are skipped and reported.
+    """
+    _check_saved(work, rows, chunk_rows)
+    chunk_starts = range(0, len(rows), chunk_rows)
+    limits = httpx.Limits(max_connections=8)
+    bar = tqdm(total=len(rows), desc="embedding", unit="image", file=sys.stderr)
+    with httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT}) as client:
+        for start in chunk_starts:
+            chunk_file = work / f"chunk-{start:012d}.npz"
+            stop = min(start + chunk_rows, len(rows))
+            if chunk_file.is_file():
+                bar.update(stop - start)
+                continue
+            kept: list[int] = []
+            vectors: list[np.ndarray] = []
+            skipped: list[tuple[int, str]] = []
+            for batch_start in range(start, stop, batch_size):
+                batch = range(batch_start, min(batch_start + batch_size, stop))
+                found = _embed_rows(client, embedder, rows, batch, base)
+                kept += found[0]
+                vectors += found[1]
+                skipped += found[2]
+                bar.update(len(batch))
+            partial = chunk_file.with_suffix(".partial.npz")
+            np.savez(
+                partial,
+                kept=np.asarray(kept, dtype=np.int64),
+                vectors=np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32),
+                skipped=np.asarray([index for index, _ in skipped], dtype=np.int64),
+                reasons=np.asarray([reason for _, reason in skipped], dtype=str),
+            )
+            partial.replace(chunk_file)
+    bar.close()
+    return _assemble(rows, work, chunk_starts)
+
+
+def _assemble(rows: list[dict[str, Any]], work: Path, chunk_starts: range) -> Embedded:
+    """The saved chunks, in row order, as one memory-mapped array (large inputs need not fit in RAM)."""
+    kept: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    dim = 0
+    for start in chunk_starts:
+        with np.load(work / f"chunk-{start:012d}.npz") as chunk:
+            kept += chunk["kept"].tolist()
+            skipped += list(zip(chunk["skipped"].tolist(), chunk["reasons"].tolist(), strict=True))
+            if len(chunk["kept"]):
+                dim = int(chunk["vectors"].shape[1])
     if not kept:
         raise BuildError("no image in the manifest could be embedded")
-    return Embedded(rows=kept, vectors=np.stack(vectors), skipped=skipped)
+    vectors = np.lib.format.open_memmap(work / "vectors.npy", mode="w+", dtype=np.float32, shape=(len(kept), dim))
+    filled = 0
+    for start in chunk_starts:
+        with np.load(work / f"chunk-{start:012d}.npz") as chunk:
+            count = len(chunk["kept"])
+            if count:
+                vectors[filled : filled + count] = chunk["vectors"]
+                filled += count
+    vectors.flush()
+    return Embedded(rows=[rows[index] for index in kept], vectors=vectors, skipped=skipped)
+
+
+def load_embeddings(rows: list[dict[str, Any]], path: Path) -> Embedded:
+    """Ready-made vectors, one per manifest row in the same order; any disagreement in count is refused."""
+    try:
+        vectors = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"could not read the embeddings at {path}: {exc}") from exc
+    if vectors.ndim != 2:
+        raise BuildError(f"{path}: embeddings must be a 2-d array (rows x dim), not shape {vectors.shape}")
+    if len(vectors) != len(rows):
+        raise BuildError(
+            f"the manifest has {len(rows)} rows but {path} holds {len(vectors)} embeddings; they must correspond "
+            "row for row (the same count, in the same order)"
+        )
+    return Embedded(rows=rows, vectors=vectors, skipped=[])
 
 
 def choose_index(count: int, dim: int, kind: str) -> str:
@@ -144,15 +280,60 @@ def choose_index(count: int, dim: int, kind: str) -> str:
     return kind  # any other FAISS factory string, taken as given
 
 
-def write_index(vectors: np.ndarray, factory: str, path: Path) -> None:
-    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise BuildError("an embedding is all zeros or not finite")
+    return vectors / norms
+
+
+def _chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, size):
+        yield start, min(start + size, count)
+
+
+def write_index(vectors: np.ndarray, factory: str, path: Path, *, progress: bool = False) -> None:
+    """Train on a sample, add in chunks (L2-normalised), write. `vectors` may be a memory map."""
+    count, dim = vectors.shape
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise BuildError(f"FAISS cannot make an index from {factory!r}: {exc}") from exc
     if not index.is_trained:
-        sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: 256 * 1024]]
-        index.train(sample)
-    for start in range(0, len(vectors), 100_000):
-        index.add(vectors[start : start + 100_000])
+        size = min(count, TRAIN_SAMPLE_MAX)
+        picks = np.sort(np.random.default_rng(0).choice(count, size=size, replace=False))
+        started = time.perf_counter()
+        index.train(_normalised(vectors[picks]))
+        logger.info("trained %s on %d vectors in %.1f s", factory, size, time.perf_counter() - started)
+    ivf = _ivf_of(index)
+    flat = None
+    if (
+        ivf is not None
+        and ivf.nlist >= AUTO_HNSW_FROM_NLIST
+        and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat)
+    ):
+        # Assigning each vector to its list through a graph over the centroids instead of scanning them
+        # all; the file keeps the flat quantizer (the search service upgrades it when it opens the file).
+        graph = hnsw_over_centroids(ivf, m=32, ef_construction=40, cache_dir=None)
+        flat, ivf.own_fields, ivf.quantizer = ivf.quantizer, False, graph
+    try:
+        for start, stop in tqdm(
+            list(_chunks(count, ADD_CHUNK)), desc="adding", unit="chunk", file=sys.stderr, disable=not progress
+        ):
+            index.add(_normalised(vectors[start:stop]))
+    finally:
+        if flat is not None and ivf is not None:
+            ivf.quantizer, ivf.own_fields = flat, True
     path.parent.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(path))
+
+
+def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -197,7 +378,8 @@ def metadata_table(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
     return metadata, url_prefixes
 
 
-def write_metadata(rows: list[dict[str, Any]], path: Path) -> None:
+def write_metadata(rows: list[dict[str, Any]], path: Path, *, sidecar: bool = True) -> None:
+    """The metadata file in the optimised form (see the module doc), and its lookup sidecar beside it."""
     metadata, url_prefixes = metadata_table(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
@@ -205,12 +387,24 @@ def write_metadata(rows: list[dict[str, Any]], path: Path) -> None:
     try:
         con.register("metadata_in", metadata)
         con.register("prefixes_in", url_prefixes)
-        text = ", ".join(f'"{name}"::VARCHAR AS "{name}"' for name in TEXT_COLUMNS)
+        types: dict[str, str] = {name: "VARCHAR" for name in TEXT_COLUMNS}
+        for name in ENUM_COLUMNS:
+            (distinct,) = con.execute(f'SELECT count(DISTINCT "{name}") FROM metadata_in').fetchall()[0]
+            if distinct:  # an ENUM needs at least one value
+                con.execute(
+                    f'CREATE TYPE "{name}_enum" AS ENUM '
+                    f'(SELECT DISTINCT "{name}"::VARCHAR FROM metadata_in WHERE "{name}" IS NOT NULL ORDER BY 1)'
+                )
+                types[name] = f'"{name}_enum"'
+        text = ", ".join(f'"{name}"::VARCHAR::{types[name]} AS "{name}"' for name in TEXT_COLUMNS)
+        # Sorted by taxonomy: long runs compress well and scans by taxon touch few row groups. Lookups by
+        # id do not depend on this order (the id index and the sidecar are addressed by id).
+        order = ", ".join(f'"{name}"' for name in TAXONOMY_ORDER)
         con.execute(
             f"""CREATE TABLE metadata AS SELECT id::INTEGER AS id, uuid::UUID AS uuid, {text},
                 url_prefix_id::USMALLINT AS url_prefix_id, identifier_suffix::VARCHAR AS identifier_suffix,
                 has_url::BOOLEAN AS has_url, in_bioclip2_training::BOOLEAN AS in_bioclip2_training
-            FROM metadata_in ORDER BY id"""
+            FROM metadata_in ORDER BY {order}, id"""
         )
         con.execute(
             "CREATE TABLE url_prefixes AS SELECT prefix_id::USMALLINT AS prefix_id, prefix::VARCHAR AS prefix "
@@ -220,30 +414,58 @@ def write_metadata(rows: list[dict[str, Any]], path: Path) -> None:
         con.execute("CHECKPOINT")
     finally:
         con.close()
+    if sidecar:
+        write_sidecar(path, default_sidecar_path(path))
 
 
 def build_collection(
-    manifest: Path, *, embedder: str, out: Path, index_kind: str = "auto", batch_size: int = 16
+    manifest: Path,
+    *,
+    embedder: str | None,
+    out: Path,
+    index_kind: str = "auto",
+    batch_size: int = 16,
+    embeddings: Path | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Build into a temporary folder and move the files into place only when both are written."""
+    """Build in OUT/.building and move the files into place only when all are written."""
     started = time.perf_counter()
-    rows = read_manifest(manifest)
-    embedded = embed_manifest(rows, embedder=embedder.rstrip("/"), base=manifest.parent, batch_size=batch_size)
-    factory = choose_index(len(embedded.rows), embedded.vectors.shape[1], index_kind)
+    rows = read_manifest(manifest, needs_images=embeddings is None)
     staging = out / ".building"
-    shutil.rmtree(staging, ignore_errors=True)
-    write_index(embedded.vectors, factory, staging / INDEX_FILE)
+    work = staging / "embedding"
+    if restart:
+        shutil.rmtree(staging, ignore_errors=True)
+    if embeddings is not None:
+        embedded = load_embeddings(rows, embeddings)
+    else:
+        if embedder is None:
+            raise BuildError("give --embedder (to embed the images) or --embeddings (ready-made vectors)")
+        embedded = embed_manifest(
+            rows, embedder=embedder.rstrip("/"), base=manifest.parent, work=work, batch_size=batch_size,
+            chunk_rows=chunk_rows,
+        )  # fmt: skip
+    factory = choose_index(len(embedded.rows), embedded.vectors.shape[1], index_kind)
+    outputs = (INDEX_FILE, METADATA_FILE, default_sidecar_path(METADATA_FILE))
+    for relative in outputs:
+        target = staging / relative
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    write_index(embedded.vectors, factory, staging / INDEX_FILE, progress=True)
     write_metadata(embedded.rows, staging / METADATA_FILE)
-    for relative in (INDEX_FILE, METADATA_FILE):
-        (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        (staging / relative).replace(out / relative)
+    for relative in outputs:
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            shutil.rmtree(target)
+        (staging / relative).replace(target)
+    del embedded.vectors  # the memory map of work/vectors.npy, before its folder goes
     shutil.rmtree(staging, ignore_errors=True)
     for index, reason in embedded.skipped:
         logger.warning("skipped manifest row %d: %s", index + 1, reason)
     return {
         "records": len(embedded.rows),
         "skipped": len(embedded.skipped),
-        "dim": int(embedded.vectors.shape[1]),
+        "dim": int(faiss.read_index(str(out / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY).d),
         "index": factory,
         "seconds": round(time.perf_counter() - started, 1),
         "out": str(out),
@@ -254,16 +476,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.search.build", description=__doc__.split("\n")[0])
     parser.add_argument("--manifest", type=Path, required=True, help="CSV, TSV or Parquet manifest")
     parser.add_argument("--embedder", default="http://127.0.0.1:8001", help="embedder service URL")
+    parser.add_argument(
+        "--embeddings", type=Path, help="ready-made vectors (.npy, one row per manifest row): skip the embedder"
+    )
     parser.add_argument("--out", type=Path, required=True, help="collection folder to write")
     parser.add_argument("--index", default="auto", help="auto, flat, ivfpq, or a FAISS factory string")
     parser.add_argument("--batch-size", type=int, default=16, help="images per embedder request")
+    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="manifest rows per saved (resumable) chunk")
+    parser.add_argument("--restart", action="store_true", help="discard embeddings saved by an earlier run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         summary = build_collection(
-            args.manifest, embedder=args.embedder, out=args.out, index_kind=args.index, batch_size=args.batch_size
-        )
+            args.manifest, embedder=args.embedder, out=args.out, index_kind=args.index, batch_size=args.batch_size,
+            embeddings=args.embeddings, chunk_rows=args.chunk_rows, restart=args.restart,
+        )  # fmt: skip
     except BuildError as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1

@@ -1,21 +1,41 @@
-"""A search: nearest ids from the index, their metadata rows, and the scope filled to top_n."""
+"""A search: nearest ids from the index, judged against the scope and filters, filled to top_n, with rows.
+
+A filtered search asks the index for more neighbours than it needs (over-fetch), judges them, and
+when too few pass it widens, several queries at once: more candidates (by the pass rate seen so
+far) and, once the visited IVF lists run dry, more lists (nprobe x4). It stops when every query
+has top_n hits or a stated bound is hit (`Limits`), and says which (`stopped`).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 from services.common.errors import NotFound, Unprocessable
-from services.search.index import VectorIndex
-from services.search.metadata import MetadataStore, Row, in_scope
+from services.search.filters import Criteria, TaxonFilter
+from services.search.index import StoredVector, VectorIndex
+from services.search.metadata import MetadataStore, Row
 
 logger = logging.getLogger(__name__)
 
-# The first round asks for this many times top_n when a scope filters hits out.
-OVERFETCH = 4
+# Why a query's search ended. Anything but `filled` may leave fewer than top_n hits.
+Stopped = Literal["filled", "min_similarity", "exhausted", "max_candidates", "max_nprobe", "max_rounds"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far a search may widen to fill top_n: the bound the response refers to."""
+
+    max_candidates: int = 10_000
+    max_nprobe: int = 1024
+    max_rounds: int = 8
+    overfetch: float = 4.0
+    default_ef_search: int = 64
 
 
 @dataclass(frozen=True)
@@ -23,7 +43,21 @@ class Query:
     vectors: np.ndarray
     top_n: int
     nprobe: int
-    scope: str
+    scope: str = "all"
+    filters: tuple[TaxonFilter, ...] = ()
+    min_similarity: float | None = None
+    max_per_source: int | None = None
+    max_per_species: int | None = None
+    ef_search: int | None = None
+
+    @property
+    def criteria(self) -> Criteria:
+        return Criteria(scope=self.scope, filters=self.filters)
+
+    @property
+    def plain(self) -> bool:
+        """Every neighbour is a hit: no scope, filter or cap to pass."""
+        return self.criteria.selects_all and self.max_per_source is None and self.max_per_species is None
 
 
 @dataclass(frozen=True)
@@ -33,29 +67,54 @@ class FoundHit:
     row: Row
 
 
-@dataclass(frozen=True)
+@dataclass
 class QueryOutcome:
     hits: list[FoundHit]
     candidates: int
-    exhausted: bool
+    rounds: int
+    nprobe: int | None
+    ef_search: int | None
+    stopped: Stopped
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stopped != "filled"
+
+
+@dataclass
+class Timings:
+    index_ms: float = 0.0
+    screen_ms: float = 0.0
+    fetch_ms: float = 0.0
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
     results: list[QueryOutcome]
     nprobe: int | None
+    rounds: int
+    timings: Timings
     took_ms: float
 
 
+@dataclass
+class _State:
+    """One query's progress across rounds."""
+
+    hits: list[tuple[int, float]] = field(default_factory=list)  # (id, similarity) accepted, in order
+    examined: int = 0
+    passed: int = 0
+    outcome: QueryOutcome | None = None
+
+
 class SearchEngine:
-    def __init__(self, index: VectorIndex, metadata: MetadataStore, *, max_candidates: int) -> None:
+    def __init__(self, index: VectorIndex, metadata: MetadataStore, limits: Limits | None = None) -> None:
         self.index = index
         self.metadata = metadata
-        self.max_candidates = max_candidates
+        self.limits = limits or Limits()
 
-    def search(self, query: Query) -> SearchOutcome:
-        started = time.perf_counter()
-        vectors = np.asarray(query.vectors, dtype=np.float32)
+    def _normalised(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
             got = vectors.shape[-1] if vectors.ndim else 0
             raise Unprocessable(
@@ -67,39 +126,181 @@ class SearchEngine:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if np.any(norms == 0):
             raise Unprocessable("a query vector is all zeros", code="invalid_vector")
-        vectors = vectors / norms
-        results = [self._one(vector[None, :], query) for vector in vectors]
+        return vectors / norms
+
+    def search(self, query: Query) -> SearchOutcome:
+        started = time.perf_counter()
+        vectors = self._normalised(query.vectors)
+        timings = Timings()
+        limits = self.limits
+        reach = min(limits.max_candidates, self.index.size)
+        nprobe = self.index.clamp_nprobe(query.nprobe)
+        first_nprobe = nprobe
+        nlist = self.index.nlist
+        max_nprobe = None if nlist is None else min(nlist, max(limits.max_nprobe, nprobe or 1))
+        ef = query.ef_search or limits.default_ef_search
+        k = query.top_n if query.plain else math.ceil(query.top_n * limits.overfetch)
+        states = [_State() for _ in range(len(vectors))]
+        rows: dict[int, Row] = {}
+        screened: dict[int, tuple[bool, Any]] = {}
+        rounds = 0
+        pending = list(range(len(vectors)))
+        while pending:
+            rounds += 1
+            k = max(min(k, reach), 1)
+            tick = time.perf_counter()
+            found = self.index.search(vectors[pending], k, nprobe or 1, ef)
+            timings.index_ms += (time.perf_counter() - tick) * 1000
+            # Judge every new candidate of every pending query in one call.
+            tick = time.perf_counter()
+            fresh = np.unique(found.ids[found.ids >= 0])
+            fresh = fresh[[int(i) not in screened for i in fresh]] if screened else fresh
+            if len(fresh):
+                verdict = self.metadata.screen(fresh, query.criteria)
+                verdicts = zip(fresh.tolist(), verdict.keep.tolist(), verdict.species, strict=True)
+                for record_id, keep, species in verdicts:
+                    screened[record_id] = (keep, species)
+                rows.update(verdict.rows)
+            timings.screen_ms += (time.perf_counter() - tick) * 1000
+            still: list[int] = []
+            next_k, widen = k, False
+            for position, q in enumerate(pending):
+                ids = found.ids[position]
+                sims = found.similarities[position]
+                valid = ids >= 0
+                ids, sims = ids[valid], sims[valid]
+                state = states[q]
+                below = query.min_similarity is not None and len(sims) and sims[-1] < query.min_similarity
+                if query.min_similarity is not None:
+                    above = sims >= query.min_similarity
+                    ids, sims = ids[above], sims[above]
+                tick = time.perf_counter()
+                self._accept(state, ids, sims, query, screened, rows)
+                timings.fetch_ms += (time.perf_counter() - tick) * 1000
+                state.examined = int(valid.sum())
+                stop = self._stop_reason(
+                    state, query, k=k, returned=int(valid.sum()), below=bool(below), reach=reach,
+                    nprobe=nprobe, max_nprobe=max_nprobe, rounds=rounds,
+                )  # fmt: skip
+                if stop is not None:
+                    state.outcome = QueryOutcome([], state.examined, rounds, nprobe, found.ef_search, stop)
+                    continue
+                still.append(q)
+                if int(valid.sum()) < k:
+                    widen = True  # the lists visited hold fewer than k vectors: visit more lists
+                need = query.top_n - len(state.hits)
+                rate = max(state.passed, 1) / max(state.examined, 1)
+                next_k = max(next_k, min(8 * k, max(2 * k, math.ceil(state.examined + 1.5 * need / rate))))
+            pending = still
+            if widen and nprobe is not None and max_nprobe is not None:
+                nprobe = min(nprobe * 4, max_nprobe)
+            k = min(next_k, reach)
+        tick = time.perf_counter()
+        results = self._results(states, rows)
+        timings.fetch_ms += (time.perf_counter() - tick) * 1000
         return SearchOutcome(
             results=results,
-            nprobe=self.index.clamp_nprobe(query.nprobe),
+            nprobe=first_nprobe,
+            rounds=rounds,
+            timings=timings,
             took_ms=(time.perf_counter() - started) * 1000,
         )
 
-    def _one(self, vector: np.ndarray, query: Query) -> QueryOutcome:
-        k = query.top_n if query.scope == "all" else query.top_n * OVERFETCH
-        limit = min(self.max_candidates, self.index.size)
-        while True:
-            k = min(max(k, query.top_n), limit)
-            found = self.index.search(vector, k, query.nprobe)
-            pairs = [(int(i), float(s)) for i, s in zip(found.ids[0], found.similarities[0], strict=True) if i >= 0]
-            rows = self.metadata.fetch(i for i, _ in pairs)
+    def _accept(
+        self,
+        state: _State,
+        ids: np.ndarray,
+        sims: np.ndarray,
+        query: Query,
+        screened: dict[int, tuple[bool, Any]],
+        rows: dict[int, Row],
+    ) -> None:
+        """Walk this round's candidates in order and keep the first top_n that pass and fit the caps."""
+        state.hits = []
+        state.passed = 0
+        per_species: dict[Any, int] = {}
+        per_source: dict[str, int] = {}
+        candidates = [(int(i), float(s)) for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
+        passing = [(i, s) for i, s in candidates if screened.get(i, (False, None))[0]]
+        state.passed = len(passing)
+        position = 0
+        while position < len(passing) and len(state.hits) < query.top_n:
+            if query.max_per_source is not None:
+                # Source ids live in the rows: fetch the next few passing candidates' rows.
+                need = 2 * (query.top_n - len(state.hits)) + 8
+                missing = [i for i, _ in passing[position : position + need] if i not in rows]
+                if missing:
+                    rows.update(self.metadata.fetch(missing))
+            record_id, similarity = passing[position]
+            position += 1
+            species = screened[record_id][1]
+            cap = query.max_per_species
+            if cap is not None and species is not None and per_species.get(species, 0) >= cap:
+                continue
+            if query.max_per_source is not None:
+                row = rows.get(record_id)
+                source = row.get("source_id") if row is not None else None
+                if source is not None and per_source.get(source, 0) >= query.max_per_source:
+                    continue
+                if source is not None:
+                    per_source[source] = per_source.get(source, 0) + 1
+            if species is not None:
+                per_species[species] = per_species.get(species, 0) + 1
+            state.hits.append((record_id, similarity))
+
+    def _stop_reason(
+        self,
+        state: _State,
+        query: Query,
+        *,
+        k: int,
+        returned: int,
+        below: bool,
+        reach: int,
+        nprobe: int | None,
+        max_nprobe: int | None,
+        rounds: int,
+    ) -> Stopped | None:
+        if len(state.hits) >= query.top_n:
+            return "filled"
+        if below:
+            return "min_similarity"  # what is left is less similar than asked
+        if returned < k:
+            # The index gave all it could reach: the whole index (flat, HNSW), or every list visited.
+            if nprobe is None or max_nprobe is None:
+                return "exhausted"
+            if nprobe >= max_nprobe:
+                return "exhausted" if max_nprobe >= (self.index.nlist or 0) else "max_nprobe"
+        elif k >= reach:
+            return "exhausted" if reach >= self.index.size else "max_candidates"
+        if rounds >= self.limits.max_rounds:
+            return "max_rounds"
+        return None
+
+    def _results(self, states: list[_State], rows: dict[int, Row]) -> list[QueryOutcome]:
+        wanted = {record_id for state in states for record_id, _ in state.hits if record_id not in rows}
+        if wanted:
+            rows.update(self.metadata.fetch(wanted))
+        results = []
+        for state in states:
+            outcome = state.outcome
+            assert outcome is not None
             hits: list[FoundHit] = []
-            for record_id, similarity in pairs:
+            for record_id, similarity in state.hits:
                 row = rows.get(record_id)
                 if row is None:
                     logger.warning("vector %d has no metadata row", record_id)
                     continue
-                if in_scope(row, query.scope):
-                    hits.append(FoundHit(rank=len(hits) + 1, similarity=similarity, row=row))
-                    if len(hits) == query.top_n:
-                        return QueryOutcome(hits=hits, candidates=k, exhausted=False)
-            # Fewer neighbours came back than asked for: the index (at this nprobe) has no more.
-            if k >= limit or len(pairs) < k:
-                return QueryOutcome(hits=hits, candidates=k, exhausted=True)
-            k *= 4
+                hits.append(FoundHit(rank=len(hits) + 1, similarity=similarity, row=row))
+            outcome.hits = hits
+            results.append(outcome)
+        return results
 
     def record(self, record_id: int) -> Row:
         row = self.metadata.get(record_id)
         if row is None:
             raise NotFound(f"no record with id {record_id}", code="unknown_record")
         return row
+
+    def vector(self, record_id: int) -> StoredVector:
+        return self.index.reconstruct(record_id)

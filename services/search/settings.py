@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -26,11 +27,58 @@ class SearchSettings(ServiceSettings):
     metadata_path: Path | None = Field(
         None, description="The DuckDB metadata file; default data_dir/duckdb/metadata.duckdb."
     )
-    mmap: bool = Field(False, description="Memory-map the index read-only instead of reading it into RAM.")
+    sidecar_path: Path | None = Field(
+        None,
+        description="The lookup sidecar folder (per-id scope flags and taxon codes; see `python -m "
+        "services.search.sidecar`); default the metadata file's path with `.lookup` for `.duckdb`. Without "
+        "one, candidates are judged from DuckDB rows, which is slower.",
+    )
+    use_sidecar: bool = Field(True, description="Use the lookup sidecar when there is one.")
+    mmap: bool = Field(
+        False,
+        description="Memory-map the index read-only (IVF lists, or flat codes) instead of reading it into RAM; "
+        "for indexes larger than a comfortable share of memory.",
+    )
+    coarse_quantizer: Literal["auto", "flat", "hnsw"] = Field(
+        "auto",
+        description="How an IVF index finds the lists to visit: `flat` scans every centroid (as the file "
+        "has it), `hnsw` searches an HNSW graph over the same centroids (built once, then read from "
+        "SEARCH_CACHE_DIR), `auto` = `hnsw` from 8192 lists up.",
+    )
+    quantizer_hnsw_m: int = Field(32, ge=4, le=128, description="Links per node of the coarse HNSW graph.")
+    quantizer_ef_construction: int = Field(
+        40, ge=8, le=1024, description="Build breadth of the coarse HNSW graph (higher: better graph, slower build)."
+    )
+    cache_dir: Path | None = Field(
+        Path("var/cache/search"),
+        description="Where derived files (the coarse HNSW graph) are kept between starts; unset: rebuilt each start.",
+    )
+    direct_map: Literal["lazy", "startup", "off"] = Field(
+        "lazy",
+        description="For GET /v1/records/{id}/vector on an IVF index, the id -> list map (8 bytes per vector): "
+        "made on the first request (`lazy`), at start-up, or never (`off`: the endpoint answers 501).",
+    )
     default_nprobe: int = Field(16, ge=1, description="IVF lists visited when a request names none.")
-    max_candidates: int = Field(10_000, ge=1, description="Most neighbours examined per query while filling a scope.")
+    default_ef_search: int = Field(
+        64, ge=1, description="HNSW search breadth when a request names none (at least nprobe for the quantizer)."
+    )
+    max_candidates: int = Field(
+        10_000, ge=1, description="Most neighbours one query may examine while filling top_n (the fill bound)."
+    )
+    max_nprobe: int = Field(
+        1024, ge=1, description="Most IVF lists one query may visit while filling top_n (the fill bound)."
+    )
+    max_rounds: int = Field(8, ge=1, le=32, description="Most index searches per request while filling top_n.")
+    overfetch: float = Field(
+        4.0, ge=1.0, le=100.0, description="A filtered search first asks for this many times top_n neighbours."
+    )
     max_request_bytes: int = Field(5_000_000, ge=1, description="Largest request body, in bytes.")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads.")
+    duckdb_memory_limit: str | None = Field(
+        None,
+        description="DuckDB's buffer pool limit (e.g. `2GB`); unset: DuckDB's default (80% of RAM). Lookups by id "
+        "read few blocks, so a small pool is enough beside a memory-mapped index.",
+    )
 
     @property
     def resolved_index_path(self) -> Path:

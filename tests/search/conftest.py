@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -58,9 +59,16 @@ def write_collection(
     return Collection(folder, vectors, rows)
 
 
-@pytest.fixture
-def collection(tmp_path: Path) -> Collection:
-    return write_collection(tmp_path / "collection", unit_vectors(200, 16), rows_for(200))
+@pytest.fixture(scope="session", autouse=True)
+def one_faiss_thread() -> None:
+    """FAISS's OpenMP threads spin while they wait; on two shared cores one thread is faster for tiny indexes."""
+    faiss.omp_set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    """Read-only for every test that shares it."""
+    return write_collection(tmp_path_factory.mktemp("collection"), unit_vectors(200, 16), rows_for(200))
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 Scope = Literal["all", "url_only", "inaturalist", "bioclip2_training"]
+Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name"]
+Stopped = Literal["filled", "min_similarity", "exhausted", "max_candidates", "max_nprobe", "max_rounds"]
 
 SCOPES: dict[str, str] = {
     "all": "every record",
@@ -14,6 +16,35 @@ SCOPES: dict[str, str] = {
     "inaturalist": "records with a URL published by iNaturalist through GBIF",
     "bioclip2_training": "records BioCLIP-2 was trained on",
 }
+
+STOPPED: dict[str, str] = {
+    "filled": "top_n hits found",
+    "min_similarity": "the remaining neighbours are less similar than min_similarity",
+    "exhausted": "every vector the index can reach was examined",
+    "max_candidates": "SEARCH_MAX_CANDIDATES neighbours examined",
+    "max_nprobe": "SEARCH_MAX_NPROBE lists visited and they ran dry",
+    "max_rounds": "SEARCH_MAX_ROUNDS widening rounds done",
+}
+
+
+class TaxonFilter(BaseModel):
+    """`rank` = `value`. Case-insensitive, whitespace-trimmed, exact (not a prefix or a substring)."""
+
+    rank: Rank = Field(description="The rank to compare.")
+    value: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The name at that rank, e.g. Lepidoptera. For `species`, the epithet (`plexippus`) or "
+        "genus and epithet (`Danaus plexippus`).",
+    )
+
+    @field_validator("value")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("a filter value must not be blank")
+        return value
 
 
 class SearchRequest(BaseModel):
@@ -24,7 +55,26 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(
         None, ge=1, le=65536, description="IVF lists to visit; clamped to the index's nlist. Default: the service's."
     )
+    ef_search: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="HNSW search breadth (an HNSW index, or an IVF's HNSW coarse quantizer, where it is at least "
+        "nprobe). Default: the service's.",
+    )
     scope: Scope = Field("all", description="Which records may be hits.")
+    filters: list[TaxonFilter] = Field(
+        default_factory=list, max_length=8, description="Taxon filters; a hit must pass all of them (AND)."
+    )
+    min_similarity: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Leave out hits less similar than this (cosine)."
+    )
+    max_per_source: int | None = Field(
+        None, ge=1, le=200, description="At most this many hits with the same source_id (source record)."
+    )
+    max_per_species: int | None = Field(
+        None, ge=1, le=200, description="At most this many hits of the same species (genus and epithet)."
+    )
 
     @model_validator(mode="after")
     def _same_length(self) -> SearchRequest:
@@ -61,22 +111,58 @@ class Record(BaseModel):
 
 class Hit(BaseModel):
     rank: int = Field(description="1 for the nearest.")
-    similarity: float = Field(description="Cosine similarity of the query and the record's vector.")
+    similarity: float = Field(
+        description="Cosine similarity of the query and the record's vector (as the index encodes it: "
+        "approximate for PQ codes)."
+    )
     record: Record
+
+
+class QueryReport(BaseModel):
+    """What the search did for one query vector."""
+
+    candidates: int = Field(0, description="Nearest neighbours examined in the last round.")
+    rounds: int = Field(1, description="Index searches made (1 when the first filled top_n).")
+    nprobe: int | None = Field(None, description="IVF lists visited in the last round; null without lists.")
+    ef_search: int | None = Field(None, description="HNSW breadth used in the last round; null without HNSW.")
+    stopped: Stopped = Field("filled", description="Why the search ended; anything but `filled` may be short.")
 
 
 class QueryHits(BaseModel):
     hits: list[Hit]
     candidates: int = Field(description="Nearest neighbours examined to fill the hits.")
     exhausted: bool = Field(description="True when fewer than top_n hits matched the scope within the search's reach.")
+    search: QueryReport = Field(default_factory=QueryReport, description="What the search did for this query.")
+
+
+class StageTimings(BaseModel):
+    """Milliseconds per stage, all query vectors together."""
+
+    index_ms: float = Field(0.0, description="FAISS searches, every round.")
+    screen_ms: float = Field(0.0, description="Judging candidates against the scope and filters.")
+    fetch_ms: float = Field(0.0, description="Fetching the hits' rows and applying the caps.")
 
 
 class SearchResponse(BaseModel):
     results: list[QueryHits] = Field(description="One entry per query vector, in order.")
     top_n: int
-    nprobe: int | None = Field(description="IVF lists visited, null for an index without lists.")
+    nprobe: int | None = Field(description="IVF lists visited in the first round, null for an index without lists.")
     scope: Scope
     took_ms: float
+    timings: StageTimings = Field(default_factory=StageTimings, description="Where took_ms went.")
+
+
+class RecordVector(BaseModel):
+    """A record's stored vector, read back from the index."""
+
+    id: int
+    dim: int
+    vector: list[float]
+    exact: bool = Field(
+        description="True when the index stores vectors as they were added (flat encodings); false for "
+        "PQ/SQ codes, whose vector is the decoded approximation (not unit length)."
+    )
+    encoding: str = Field(description="The FAISS index class the vector was decoded from.")
 
 
 class SearchStats(BaseModel):
@@ -88,3 +174,12 @@ class SearchStats(BaseModel):
     metric: str
     metadata_rows: int
     url_layout: Literal["url_prefixes", "identifier", "none"]
+    coarse_quantizer: Literal["flat", "hnsw"] | None = Field(
+        None, description="How an IVF index picks its lists; null without lists."
+    )
+    lookup: Literal["sidecar", "duckdb"] = Field(
+        "duckdb", description="How candidates are judged: the per-id sidecar, or DuckDB rows."
+    )
+    reconstruct: bool = Field(True, description="Whether GET /v1/records/{id}/vector can answer.")
+    max_candidates: int = Field(10_000, description="Most neighbours one query may examine (the fill bound).")
+    max_nprobe: int | None = Field(None, description="Most IVF lists one query may visit (the fill bound).")
