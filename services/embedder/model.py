@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,28 @@ from services.embedder.settings import EmbedderSettings
 logger = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# x86 flags under which oneDNN runs bf16 natively; without them bf16 is emulated and slower than fp32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says which setting to change."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """An exception's text on one line (hub errors span several), cut to a readable length."""
+    flat = re.sub(r"\s+", " ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 @dataclass
@@ -40,17 +59,31 @@ class LoadedModel:
     dim: int
     device: torch.device
     precision: str = "fp32"
+    logit_scale: float = 100.0  # exp(the model's learned logit scale): softmax temperature for classify
     # One forward pass at a time: torch already spreads one pass over all its threads.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One decoded RGB image as the model's input tensor (C, H, W), float32."""
+        return self.transform(image)
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images])
+        return torch.stack([self.prepare(image) for image in images])
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, C, H, W) input tensors -> (B, dim) unit vectors; vectors come back float32 whatever the precision."""
         with self._lock:
-            vectors = self.model.encode_image(pixels.to(self.device), normalize=True)
-        return vectors.float().cpu().numpy().astype(np.float32)
+            vectors = self.model.encode_image(pixels.to(self.device, self.dtype))
+        return _unit(vectors)
+
+    def embed_batch(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+        """What the batcher runs: several callers' input tensors in one forward pass."""
+        return list(self.embed_pixels(torch.stack(inputs)))
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.embed_pixels(self.preprocess(images))
@@ -59,12 +92,30 @@ class LoadedModel:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts).to(self.device)
         with self._lock:
-            vectors = self.model.encode_text(tokens, normalize=True)
-        return vectors.float().cpu().numpy().astype(np.float32)
+            vectors = self.model.encode_text(tokens)
+        return _unit(vectors)
+
+    def embed_labels(self, labels: list[str], templates: str = "openai", per_pass: int = 256) -> np.ndarray:
+        """One unit vector per label. `openai`: the mean of the label in the 80 OpenAI ImageNet prompts,
+        renormalised (pybioclip's recipe for custom labels); `plain`: the label as written."""
+        if templates == "plain":
+            return self.embed_texts(labels)
+        prompts = open_clip.OPENAI_IMAGENET_TEMPLATES
+        texts = [prompt(label) for label in labels for prompt in prompts]
+        # The text tower in bounded passes, so a long label list does not hold the model (or memory) at once.
+        vectors = np.concatenate([self.embed_texts(texts[i : i + per_pass]) for i in range(0, len(texts), per_pass)])
+        means = vectors.reshape(len(labels), len(prompts), -1).mean(axis=1)
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
 
     @property
     def parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def _unit(vectors: torch.Tensor) -> np.ndarray:
+    """L2-normalised float32 rows; normalised after the cast, so bf16/fp16 vectors are unit length too."""
+    as_float = vectors.float()
+    return torch.nn.functional.normalize(as_float, dim=-1).cpu().numpy().astype(np.float32, copy=False)
 
 
 def _architecture_name(settings: EmbedderSettings) -> str:
@@ -75,10 +126,50 @@ def _architecture_name(settings: EmbedderSettings) -> str:
     return settings.model
 
 
+def _check_device(settings: EmbedderSettings) -> torch.device:
+    try:
+        device = torch.device(settings.device)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not a torch device; use cpu, cuda or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but torch sees no CUDA GPU; set EMBEDDER_DEVICE=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"EMBEDDER_DEVICE={settings.device} but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but MPS is not available; set EMBEDDER_DEVICE=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not supported; use cpu, cuda or mps")
+    if settings.precision == "fp16" and device.type == "cpu":
+        raise ModelLoadError("EMBEDDER_PRECISION=fp16 is for GPUs; on the CPU use bf16, fp32 or auto")
+    if settings.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        logger.warning(
+            "EMBEDDER_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16, "
+            "which is usually slower than fp32"
+        )
+    return device
+
+
+def resolve_precision(setting: str, device: torch.device, native_bf16: bool) -> str:
+    """`auto`: fp16 on a CUDA GPU, bf16 on a CPU that computes it natively, fp32 elsewhere (emulated bf16 is
+    slower than fp32). docs/benchmarks/embedder.md has the accuracy check that allows it: every vector's
+    cosine to fp32 stayed >= 0.9999."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and native_bf16:
+        return "bf16"
+    return "fp32"
+
+
 def load_model(settings: EmbedderSettings) -> LoadedModel:
     """The one place a model is loaded, for the service, the tests and the benchmarks alike."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    device = _check_device(settings)
+    precision = resolve_precision(settings.precision, device, native_bf16_cpu())
     if settings.architecture_config is not None:
         if not settings.architecture_config.is_file():
             raise ModelLoadError(f"EMBEDDER_ARCHITECTURE_CONFIG={settings.architecture_config} does not exist")
@@ -97,25 +188,27 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
             f"EMBEDDER_MODEL={name} is not an open_clip architecture; set EMBEDDER_ARCHITECTURE_CONFIG "
             "to its config JSON or use an hf-hub: name"
         )
-    device = torch.device(settings.device)
     cache_dir = str(settings.cache_dir) if settings.cache_dir else None
     try:
         model, _, open_clip_preprocess = open_clip.create_model_and_transforms(
             name,
             pretrained=str(settings.checkpoint) if settings.checkpoint else None,
             device=device,
+            precision=precision,
             cache_dir=cache_dir,
         )
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as exc:
         hint = (
-            "the hub could not be reached or the name is wrong; download the weights and set "
-            "EMBEDDER_MODEL=<architecture> with EMBEDDER_CHECKPOINT=<file>, or set EMBEDDER_CACHE_DIR to a "
-            "cache that holds them"
+            "the weights could not be had from the hub (offline, or a wrong name): set EMBEDDER_CACHE_DIR to "
+            "a model cache that holds them, or download them and set EMBEDDER_MODEL=<architecture> with "
+            "EMBEDDER_CHECKPOINT=<file>"
             if from_hub
-            else "check EMBEDDER_CHECKPOINT matches EMBEDDER_MODEL"
+            else "check that EMBEDDER_CHECKPOINT holds weights for EMBEDDER_MODEL"
         )
-        raise ModelLoadError(f"could not load {name}: {type(exc).__name__}: {exc} ({hint})") from exc
+        raise ModelLoadError(
+            f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
     model.eval()
     visual = model.visual
     size = visual.image_size
@@ -128,6 +221,8 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         transform = open_clip_preprocess
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["warm-up"]).to(device)).shape[-1])
+    scale = getattr(model, "logit_scale", None)
+    logit_scale = float(scale.detach().float().exp().item()) if isinstance(scale, torch.Tensor) else 100.0
     loaded = LoadedModel(
         name=settings.model,
         architecture=name,
@@ -142,16 +237,20 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         std=std,  # type: ignore[arg-type]
         dim=dim,
         device=device,
+        precision=precision,
+        logit_scale=logit_scale,
     )
     # The first forward pass is slow (allocations, kernel selection): pay it before serving.
     loaded.embed_images([Image.new("RGB", (image_size, image_size))])
     logger.info(
-        "loaded %s (%s, dim %d, %s preprocessing) on %s",
+        "loaded %s (%s, dim %d, %s preprocessing, %s) on %s with %d torch threads",
         name,
-        settings.checkpoint or "hub",
+        settings.checkpoint or ("random weights" if settings.random_weights and not from_hub else "hub"),
         dim,
         settings.preprocessing,
+        precision if settings.precision != "auto" else f"{precision} (auto)",
         device,
+        torch.get_num_threads(),
     )
     return loaded
 

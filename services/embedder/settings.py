@@ -34,10 +34,41 @@ class EmbedderSettings(ServiceSettings):
         "TreeOfLife index). `open_clip`: open_clip's own shortest-side resize and centre crop.",
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Weights and activations: `auto` (fp16 on a CUDA GPU, bf16 on a CPU with AVX512-BF16 or AMX, "
+        "else fp32), `fp32`, `bf16` (emulated, so slower than fp32, on CPUs without them) or `fp16` (GPU only). "
+        "Layer norms stay fp32; vectors are float32. docs/benchmarks/embedder.md has the accuracy check.",
+    )
     cache_dir: Path | None = Field(None, description="Where hub downloads are cached.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset lets torch choose.")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Most images in one forward pass; concurrent requests are batched together."
+    )
+    max_batch_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="Longest a forward pass waits for images of other requests still being decoded (it waits "
+        "only for those, so a lone request never waits).",
+    )
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="Largest decoded image, in pixels (Pillow's decompression-bomb limit)."
     )
+    tree_of_life_dir: Path | None = Field(
+        None,
+        description="Folder with the TreeOfLife text embeddings `txt_emb_species.npy` and `txt_emb_species.json` "
+        "(directly or under `embeddings/`), for POST /v1/classify without a label list. Unset: classify needs labels.",
+    )
+    label_templates: Literal["openai", "plain"] = Field(
+        "openai",
+        description="How request labels become text vectors: `openai` averages the 80 OpenAI ImageNet prompts "
+        "(as pybioclip does; 80 text passes per new label, about 9 s each label for ViT-L/14 on 2 CPU cores), "
+        "`plain` embeds each label as written (one pass).",
+    )
+    max_labels_per_request: int = Field(
+        32, ge=2, description="Most labels one classify request may name (new ones cost text passes; see above)."
+    )
+    label_cache_size: int = Field(10_000, ge=0, description="Text vectors of request labels kept for reuse.")

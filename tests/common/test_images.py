@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.images import InvalidImage, decode_image
+from services.common.images import ALLOWED_FORMATS, InvalidImage, decode_image
 
 
 def _encode(image: Image.Image, fmt: str, **save: object) -> bytes:
@@ -59,3 +59,45 @@ def test_formats_outside_the_allowlist_are_refused() -> None:
     with pytest.raises(InvalidImage) as refused:
         decode_image(data, "old.pcx", 10**8)
     assert refused.value.code == "not_an_image"
+
+
+def test_heic_is_decoded_when_the_plugin_is_installed() -> None:
+    assert "HEIF" in ALLOWED_FORMATS, "pillow-heif is pinned in requirements/embedder.txt"
+    image = Image.new("RGB", (32, 16), (200, 30, 30))
+    decoded = decode_image(_encode(image, "HEIF", quality=95), "iphone.heic", 10**8)
+    red, green, blue = decoded.getpixel((8, 8))
+    assert decoded.size == (32, 16) and red > 170 and green < 60 and blue < 60
+
+
+def test_heic_orientation_is_applied_once() -> None:
+    image = Image.new("RGB", (40, 20), (0, 200, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(_encode(image, "HEIF", exif=exif.tobytes()), "rotated.heic", 10**8)
+    assert decoded.size == (20, 40)
+
+
+def test_unsupported_format_message_names_the_supported_ones() -> None:
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(_encode(Image.new("RGB", (8, 8)), "TGA"), "texture.tga", 10**8)
+    assert refused.value.message == (
+        "texture.tga: not an image in a supported format (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC)"
+    )
+
+
+def test_pixel_limit_is_checked_before_the_pixels_are_decoded() -> None:
+    data = _encode(Image.new("RGB", (300, 200)), "PNG")
+    with pytest.raises(InvalidImage) as refused:
+        decode_image(data, "big.png", 300 * 200 - 1)
+    assert refused.value.code == "image_too_large"
+    assert refused.value.message == "big.png: 300x200 is 60,000 pixels, more than the limit of 59,999"
+
+
+def test_a_broken_exif_block_does_not_lose_the_photo() -> None:
+    image = Image.new("RGB", (24, 12), (10, 20, 200))
+    # An orientation value outside 1..8 and a truncated EXIF blob: decoders in the wild write both.
+    exif = Image.Exif()
+    exif[0x0112] = 42
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):  # Pillow says so, and carries on
+        decoded = decode_image(_encode(image, "JPEG", exif=exif.tobytes()[:-2]), "odd-exif.jpg", 10**8)
+    assert decoded.size == (24, 12) and decoded.mode == "RGB"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,17 +11,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from services.embedder.app import create_app
 from services.embedder.model import ModelLoadError, load_model
 from services.embedder.settings import EmbedderSettings
 from stack.tiny_model import TinyModel
 from tests.conftest import ImageFactory
-
-
-@pytest.fixture
-def client(embedder_settings: EmbedderSettings) -> Iterator[TestClient]:
-    with TestClient(create_app(embedder_settings)) as test_client:
-        yield test_client
+from tests.embedder.conftest import running
 
 
 def _vectors(response) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -80,9 +73,9 @@ def test_open_clip_preprocessing_is_selectable_and_gives_other_vectors(
 ) -> None:
     data = make_image(300, 120, seed=6, fmt="PNG")
     files = [("images", ("wide.png", data, "image/png"))]
-    with TestClient(create_app(embedder_settings)) as default:
+    with running(embedder_settings) as default:
         pybioclip = _vectors(default.post("/v1/embed/image", files=files))[0]
-    with TestClient(create_app(embedder_settings.model_copy(update={"preprocessing": "open_clip"}))) as other:
+    with running(embedder_settings.model_copy(update={"preprocessing": "open_clip"})) as other:
         open_clip_vector = _vectors(other.post("/v1/embed/image", files=files))[0]
         info = other.get("/v1/model").json()
     assert info["preprocessing"] == "open_clip"
@@ -136,7 +129,7 @@ def test_truncated_image_is_refused_as_corrupt(client: TestClient, make_image: I
 
 def test_image_over_the_pixel_limit_is_refused(embedder_settings: EmbedderSettings, make_image: ImageFactory) -> None:
     settings = embedder_settings.model_copy(update={"max_image_pixels": 50 * 50})
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         response = client.post(
             "/v1/embed/image", files=[("images", ("big.png", make_image(100, 100, fmt="PNG"), "image/png"))]
         )
@@ -148,7 +141,7 @@ def test_request_body_over_the_limit_is_refused_with_413(
     embedder_settings: EmbedderSettings, make_image: ImageFactory
 ) -> None:
     settings = embedder_settings.model_copy(update={"max_request_bytes": 10_000})
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         big = make_image(600, 600, fmt="PNG")
         assert len(big) > 10_000
         response = client.post("/v1/embed/image", files=[("images", ("big.png", big, "image/png"))])
@@ -160,7 +153,7 @@ def test_too_many_images_in_one_request_is_refused(
     embedder_settings: EmbedderSettings, make_image: ImageFactory
 ) -> None:
     settings = embedder_settings.model_copy(update={"max_images_per_request": 2})
-    with TestClient(create_app(settings)) as client:
+    with running(settings) as client:
         files = [("images", (f"{i}.jpg", make_image(seed=i), "image/jpeg")) for i in range(3)]
         response = client.post("/v1/embed/image", files=files)
     assert response.status_code == 400

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 Preprocessing = Literal["pybioclip", "open_clip"]
 
@@ -34,3 +34,117 @@ class ModelInfo(BaseModel):
     device: str
     precision: str
     parameters: int
+    torch_threads: int | None = Field(None, description="torch intra-op threads in use.")
+    max_batch_size: int | None = Field(None, description="Most images in one forward pass.")
+    max_batch_wait_ms: float | None = Field(None, description="How long a forward pass waits for company.")
+    logit_scale: float | None = Field(None, description="exp(the model's logit scale): classify's softmax scale.")
+    tree_of_life_labels: int | None = Field(
+        None, description="TreeOfLife species labels loaded for POST /v1/classify; null when none are configured."
+    )
+
+
+Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+CladeRank = Literal["kingdom", "phylum", "class", "order", "family", "genus"]
+
+
+class Clade(BaseModel):
+    """Predict only within this clade, e.g. {"rank": "class", "value": "Insecta"} (or the string "class:Insecta")."""
+
+    rank: CladeRank = Field(description="A rank above the one predicted.")
+    value: str = Field(min_length=1, max_length=200, description="The clade's name at that rank (any case).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: object) -> object:
+        if isinstance(data, str):
+            rank, sep, value = data.partition(":")
+            if not sep:
+                raise ValueError('a clade as text is "rank:name", e.g. "class:Insecta"')
+            return {"rank": rank.strip().lower(), "value": value.strip()}
+        return data
+
+
+class ClassifyParameters(BaseModel):
+    """What to predict; the same fields go as form fields beside uploaded images."""
+
+    rank: Rank | None = Field(
+        None, description="Rank to predict (TreeOfLife labels only): kingdom .. species. Default: species."
+    )
+    k: int = Field(5, ge=1, le=100, description="Predictions per input, most probable first.")
+    labels: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=1000,
+        description="Classify among these labels instead of the TreeOfLife species (at most "
+        "EMBEDDER_MAX_LABELS_PER_REQUEST; each label's text vector is cached).",
+    )
+    clade: Clade | None = Field(None, description="Predict only within this clade (TreeOfLife labels only).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassifyParameters:
+        if self.labels is not None:
+            cleaned = [label.strip() for label in self.labels]
+            if not all(cleaned):
+                raise ValueError("labels must not be blank")
+            if len(set(cleaned)) != len(cleaned):
+                raise ValueError("labels must be distinct")
+            if any(len(label) > 300 for label in cleaned):
+                raise ValueError("a label is longer than 300 characters")
+            self.labels = cleaned
+            if self.rank is not None or self.clade is not None:
+                raise ValueError("rank and clade apply to the TreeOfLife labels, not to a label list")
+        return self
+
+
+class ClassifyRequest(ClassifyParameters):
+    """JSON body of POST /v1/classify: one vector (`vector`) or several (`vectors`) already embedded."""
+
+    vector: list[float] | None = Field(None, description="One image vector, from POST /v1/embed/image.")
+    vectors: list[list[float]] | None = Field(None, min_length=1, max_length=32, description="1 to 32 image vectors.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ClassifyRequest:
+        if (self.vector is None) == (self.vectors is None):
+            raise ValueError("send exactly one of `vector` or `vectors`")
+        return self
+
+    def input_vectors(self) -> list[list[float]]:
+        return [self.vector] if self.vector is not None else list(self.vectors or [])
+
+
+class Taxonomy(BaseModel):
+    """A taxon's path from kingdom down to the rank predicted; lower ranks are null."""
+
+    kingdom: str | None = None
+    phylum: str | None = None
+    class_: str | None = Field(None, alias="class")
+    order: str | None = None
+    family: str | None = None
+    genus: str | None = None
+    species: str | None = Field(None, description="The species epithet only, as in the TreeOfLife data.")
+
+    model_config = {"populate_by_name": True}
+
+
+class Prediction(BaseModel):
+    name: str = Field(description="The taxon's name at its rank (genus + epithet for a species), or the label.")
+    rank: Rank | None = Field(description="The rank predicted; null for a request's own labels.")
+    taxonomy: Taxonomy | None = Field(description="Kingdom .. rank, for TreeOfLife predictions; else null.")
+    common_name: str | None = Field(description="The species' common name, when the TreeOfLife data has one.")
+    probability: float = Field(description="Probability (0..1); a rank above species sums its species'.")
+
+
+class ClassifyResult(BaseModel):
+    predictions: list[Prediction] = Field(description="At most k, most probable first.")
+    vector: list[float] | None = Field(
+        None, description="The image's vector, for image input (so it need not be embedded again); else null."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    labels: Literal["tree_of_life", "request"] = Field(description="Where the labels came from.")
+    rank: Rank | None = Field(description="The rank predicted (null for a request's own labels).")
+    k: int
+    clade: Clade | None
+    results: list[ClassifyResult] = Field(description="One entry per input vector or image, in order.")

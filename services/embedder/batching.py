@@ -1,0 +1,187 @@
+"""Micro-batching: images from concurrent requests share one forward pass.
+
+Callers submit their items and await their own results; one worker task takes whatever is queued
+(up to `max_size` items), runs the batch (off the event loop: `run_batch` is the caller's thread-pool
+hop) and hands each caller back exactly its own results, in its own order. While a batch runs, new
+items queue up, so under load the next batch fills without waiting at all.
+
+A caller may announce items it is still preparing (`incoming`: the images of requests still being
+decoded). A batch about to run waits for announced items, at most `max_wait` seconds, and not at all
+when none are announced: a lone request never waits, and concurrent requests that arrive together
+share one forward pass instead of the first running alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher stopped (the service is shutting down) before this item ran."""
+
+
+@dataclass
+class _Item(Generic[In, Out]):
+    value: In
+    future: asyncio.Future[Out] = field(repr=False)
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done, for logs and tests: how many batches of which sizes."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+
+class Reservation(Generic[In, Out]):
+    """Items a caller announced; submitting them (or leaving the `incoming` block) withdraws the notice."""
+
+    def __init__(self, batcher: Batcher[In, Out], count: int) -> None:
+        self._batcher = batcher
+        self.left = count
+
+    async def submit(self, values: Sequence[In]) -> list[Out]:
+        self._withdraw(min(self.left, len(values)))
+        return await self._batcher.submit(values)
+
+    def _withdraw(self, count: int) -> None:
+        self.left -= count
+        self._batcher._incoming -= count
+        self._batcher._changed.set()
+
+
+class Batcher(Generic[In, Out]):
+    """Gathers items from concurrent callers into batches of at most `max_size`.
+
+    `run_batch` takes a list of items and returns one result per item, in order. It is awaited,
+    so it can hop to a thread pool; one batch runs at a time.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Awaitable[Sequence[Out]]],
+        *,
+        max_size: int,
+        max_wait: float,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._run_batch = run_batch
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[_Item[In, Out]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._incoming = 0  # announced items not yet submitted
+        self._changed = asyncio.Event()  # an item was queued, or a notice withdrawn
+
+    @contextlib.contextmanager
+    def incoming(self, count: int) -> Iterator[Reservation[In, Out]]:
+        """Announce `count` items being prepared; submit them through the reservation this yields."""
+        self._incoming += count
+        reservation = Reservation(self, count)
+        try:
+            yield reservation
+        finally:
+            reservation._withdraw(reservation.left)
+
+    async def submit(self, values: Sequence[In]) -> list[Out]:
+        """Each value's result, in order; the values may run in one batch or several, with other callers'."""
+        if self._closed:
+            raise BatcherClosed("the batcher is closed")
+        if self._worker is None:
+            # Started on first use, inside the event loop that will run it.
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+        loop = asyncio.get_running_loop()
+        items = [_Item(value, loop.create_future()) for value in values]
+        for item in items:
+            self._queue.put_nowait(item)
+        self._changed.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except BaseException:
+            # A caller that goes away (client disconnect, error in a sibling) frees its queued items.
+            for item in items:
+                item.future.cancel()
+            raise
+
+    async def close(self) -> None:
+        """Stop the worker; anything still queued fails with BatcherClosed."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(BatcherClosed("the service is shutting down"))
+
+    async def _gather(self) -> list[_Item[In, Out]]:
+        """The next batch: wait for one live item, then take what is queued, waiting (at most `max_wait`)
+        only for items announced as incoming, until the batch is full."""
+        batch: list[_Item[In, Out]] = []
+        while not batch:
+            item = await self._queue.get()
+            if not item.future.done():
+                batch.append(item)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_size:
+            self._changed.clear()
+            while len(batch) < self.max_size and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    batch.append(item)
+            remaining = deadline - loop.time()
+            if len(batch) >= self.max_size or self._incoming <= 0 or remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._gather()
+            self.stats.record(len(batch))
+            try:
+                results = await self._run_batch([item.value for item in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
+            except asyncio.CancelledError:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(BatcherClosed("the service is shutting down"))
+                raise
+            except Exception as exc:
+                # One failing batch fails its callers, not the worker: the next batch runs as usual.
+                logger.exception("a batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)

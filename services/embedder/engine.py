@@ -1,0 +1,209 @@
+"""The embedder's core: the loaded model, its batcher and its label sets, behind the calls the routes make.
+
+Blocking work (decoding, preprocessing, torch, the label matrix) goes through `offload`, the app's
+bounded thread pool; forward passes of concurrent requests are batched together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.common.errors import BadRequest, ServiceError, Unprocessable
+from services.common.images import InvalidImage, decode_image
+from services.common.schemas.embedder import (
+    Clade,
+    ClassifyParameters,
+    ClassifyResponse,
+    ClassifyResult,
+    ModelInfo,
+    Prediction,
+    Taxonomy,
+)
+from services.embedder import classify
+from services.embedder.batching import Batcher
+from services.embedder.labels import RANKS, LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
+from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
+from services.embedder.settings import EmbedderSettings
+
+logger = logging.getLogger(__name__)
+
+Offload = Callable[..., Awaitable[Any]]
+
+
+def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife | None]:
+    """The model, then the TreeOfLife labels when configured; any failure is a ModelLoadError naming the setting."""
+    model = load_model(settings)
+    tree = None
+    if settings.tree_of_life_dir is not None:
+        try:
+            tree = load_tree_of_life(settings.tree_of_life_dir)
+        except LabelsError as exc:
+            raise ModelLoadError(f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir}: {exc}") from exc
+        if tree.dim != model.dim:
+            raise ModelLoadError(
+                f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir} holds {tree.dim}-d text vectors but "
+                f"{settings.model} makes {model.dim}-d ones: the labels were made with another model"
+            )
+    return model, tree
+
+
+class Embedder:
+    def __init__(
+        self, model: LoadedModel, tree: TreeOfLife | None, settings: EmbedderSettings, offload: Offload
+    ) -> None:
+        self.model = model
+        self.tree = tree
+        self.settings = settings
+        self.offload = offload
+        self.batcher: Batcher[torch.Tensor, np.ndarray] = Batcher(
+            self._run_batch, max_size=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
+        )
+        self.labels = LabelVectors(self._embed_labels, settings.label_cache_size)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        stats = self.batcher.stats
+        if stats.batches:
+            logger.info(
+                "batching: %d images in %d forward passes (largest %d; passes by size: %s)",
+                stats.items,
+                stats.batches,
+                stats.largest,
+                ", ".join(f"{size}: {count}" for size, count in sorted(stats.sizes.items())),
+            )
+
+    async def _run_batch(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+        return await self.offload(self.model.embed_batch, inputs)
+
+    def _embed_labels(self, labels: list[str]) -> np.ndarray:
+        return self.model.embed_labels(labels, self.settings.label_templates)
+
+    def _prepare(self, data: bytes, name: str) -> torch.Tensor:
+        try:
+            image = decode_image(data, name, self.settings.max_image_pixels)
+        except InvalidImage as exc:
+            error = BadRequest if exc.code == "empty_file" else Unprocessable
+            raise error(exc.message, code=exc.code) from exc
+        return self.model.prepare(image)
+
+    async def embed_images(self, uploads: Sequence[tuple[str, bytes]]) -> np.ndarray:
+        """(n, dim) unit vectors for (name, bytes) uploads, in order; each image decoded once, in the pool."""
+        limit = self.settings.max_images_per_request
+        if len(uploads) > limit:
+            raise BadRequest(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
+        # Announced before decoding, so that a forward pass about to start waits for these images.
+        with self.batcher.incoming(len(uploads)) as reservation:
+            inputs = [await self.offload(self._prepare, data, name) for name, data in uploads]
+            return np.stack(await reservation.submit(inputs))
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        cleaned = [text.strip() for text in texts]
+        if not all(cleaned):
+            raise BadRequest("texts must not be empty or blank", code="empty_text")
+        return await self.offload(self.model.embed_texts, cleaned)
+
+    def _check(self, params: ClassifyParameters) -> None:
+        if params.labels is not None and len(params.labels) > self.settings.max_labels_per_request:
+            raise BadRequest(
+                f"{len(params.labels)} labels; the limit is {self.settings.max_labels_per_request}",
+                code="too_many_labels",
+            )
+        if params.labels is None and self.tree is None:
+            raise ServiceError(
+                "no TreeOfLife labels are loaded here (EMBEDDER_TREE_OF_LIFE_DIR is unset): send `labels`",
+                code="labels_not_configured",
+                status_code=503,
+            )
+
+    async def classify_vectors(
+        self, params: ClassifyParameters, vectors: Sequence[Sequence[float]]
+    ) -> ClassifyResponse:
+        """Predictions for vectors already computed (by POST /v1/embed/image), so nothing is embedded twice."""
+        self._check(params)
+        array = classify.check_vectors(vectors, self.model.dim)
+        return self._response(params, await self.offload(self._predict, array, params), None)
+
+    async def classify_images(
+        self, params: ClassifyParameters, uploads: Sequence[tuple[str, bytes]]
+    ) -> ClassifyResponse:
+        """Predictions for uploaded images; their vectors come back too, for a search without a second embedding."""
+        self._check(params)
+        vectors = await self.embed_images(uploads)
+        return self._response(params, await self.offload(self._predict, vectors, params), vectors)
+
+    def _response(
+        self, params: ClassifyParameters, found: list[list[classify.Prediction]], vectors: np.ndarray | None
+    ) -> ClassifyResponse:
+        return ClassifyResponse(
+            model=self.model.name,
+            labels="request" if params.labels is not None else "tree_of_life",
+            rank=None if params.labels is not None else params.rank or "species",
+            k=params.k,
+            clade=params.clade,
+            results=[
+                ClassifyResult(
+                    predictions=[_prediction(p) for p in predictions],
+                    vector=vectors[i].tolist() if vectors is not None else None,
+                )
+                for i, predictions in enumerate(found)
+            ],
+        )
+
+    def _predict(self, vectors: np.ndarray, params: ClassifyParameters) -> list[list[classify.Prediction]]:
+        scale = self.model.logit_scale
+        if params.labels is not None:
+            matrix = self.labels.matrix(params.labels)
+            return classify.predict_labels(vectors, params.labels, matrix, scale, params.k)
+        assert self.tree is not None
+        clade: Clade | None = params.clade
+        return classify.predict_tree_of_life(
+            vectors,
+            self.tree,
+            scale,
+            rank=params.rank or "species",
+            k=params.k,
+            clade=(clade.rank, clade.value) if clade else None,
+        )
+
+    def info(self) -> ModelInfo:
+        model = self.model
+        return ModelInfo(
+            model=model.name,
+            architecture=model.architecture,
+            checkpoint=str(model.checkpoint) if model.checkpoint else None,
+            pretrained=model.pretrained,
+            dim=model.dim,
+            image_size=model.image_size,
+            preprocessing=model.preprocessing,  # type: ignore[arg-type]
+            preprocessing_steps=describe_transform(model),
+            mean=model.mean,
+            std=model.std,
+            device=str(model.device),
+            precision=model.precision,
+            parameters=model.parameters,
+            torch_threads=torch.get_num_threads(),
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_wait_ms=self.settings.max_batch_wait_ms,
+            logit_scale=model.logit_scale,
+            tree_of_life_labels=len(self.tree) if self.tree is not None else None,
+        )
+
+
+def _prediction(found: classify.Prediction) -> Prediction:
+    taxonomy = None
+    if found.path is not None:
+        taxonomy = Taxonomy.model_validate(
+            {rank: (found.path[i] or None) if i < len(found.path) else None for i, rank in enumerate(RANKS)}
+        )
+    return Prediction(
+        name=found.name,
+        rank=found.rank,  # type: ignore[arg-type]
+        taxonomy=taxonomy,
+        common_name=found.common_name,
+        probability=found.probability,
+    )
