@@ -17,7 +17,7 @@ import httpx
 from gateway.settings import GatewaySettings
 from services.common.errors import ServiceError, UpstreamError
 from services.common.http import raise_for_upstream, upstream
-from services.common.schemas.embedder import EmbedResponse
+from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
 
 logger = logging.getLogger(__name__)
@@ -72,12 +72,12 @@ class ServiceClients:
         )
         return EmbedResponse.model_validate(response.json())
 
-    async def classify(self, vector: list[float], rank: str, k: int) -> dict[str, Any]:
+    async def classify(self, vector: list[float], rank: str, k: int) -> ClassifyResponse:
         response = await self._call(
             "embedder", "POST", "/v1/classify", self.settings.embed_timeout,
             json={"vector": vector, "rank": rank, "k": k},
         )  # fmt: skip
-        return response.json()
+        return ClassifyResponse.model_validate(response.json())
 
     async def search(self, request: SearchRequest) -> SearchResponse:
         try:

@@ -19,7 +19,7 @@ from gateway.query_cache import (
     text_query_id,
 )
 from gateway.schemas import HitView, Identity, SearchParameters, SearchResult
-from gateway.summaries import consensus, taxon_at, taxonomy_tree
+from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
 from services.common.errors import BadRequest, NotFound, ServiceError
 from services.common.schemas.search import SearchRequest
@@ -89,7 +89,7 @@ class Searcher:
                 "top_n": params.top_n,
                 "nprobe": params.nprobe,
                 "scope": params.scope,
-                "filters": [f.model_dump() for f in params.filters] or None,
+                "filters": [f.model_dump() for f in params.filters],
                 "min_similarity": params.min_similarity,
                 "max_per_source": params.max_per_source,
                 "max_per_species": params.max_per_species,
@@ -133,22 +133,17 @@ class Searcher:
             answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions)
         except ServiceError as exc:
             return None, exc.message
-        predictions = answer.get("predictions", answer.get("results", [[]]))
-        if predictions and isinstance(predictions[0], list):  # one list per query vector
-            predictions = predictions[0]
-        return {"rank": rank, "predictions": [_prediction(p, rank) for p in predictions]}, None
-
-
-def _prediction(raw: dict[str, Any], rank: str) -> dict[str, Any]:
-    taxonomy = raw.get("taxonomy") or None
-    name = raw.get("name") or (taxon_at(taxonomy, rank) if taxonomy else None) or raw.get("label", "?")
-    return {
-        "name": name,
-        "rank": raw.get("rank", rank),
-        "probability": float(raw.get("probability", raw.get("score", 0.0))),
-        "common_name": raw.get("common_name"),
-        "taxonomy": taxonomy,
-    }
+        predictions = [
+            {
+                "name": p.name,
+                "rank": p.rank or rank,
+                "probability": p.probability,
+                "common_name": p.common_name,
+                "taxonomy": p.taxonomy.model_dump(by_alias=True) if p.taxonomy else None,
+            }
+            for p in (answer.results[0].predictions if answer.results else [])
+        ]
+        return {"rank": rank, "predictions": predictions}, None
 
 
 def _plain(hit: HitView) -> dict[str, Any]:

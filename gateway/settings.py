@@ -18,7 +18,9 @@ class GatewaySettings(ServiceSettings):
     connect_timeout: float = Field(3.0, gt=0, description="Seconds to connect to a service.")
     embed_timeout: float = Field(60.0, gt=0, description="Seconds the embedder may take to answer.")
     search_timeout: float = Field(30.0, gt=0, description="Seconds the search service may take to answer.")
-    image_timeout: float = Field(30.0, gt=0, description="Seconds the fetcher may take to bring an image.")
+    image_timeout: float = Field(
+        35.0, gt=0, description="Seconds the fetcher may take to bring an image (its queue wait plus its fetch)."
+    )
     max_connections: int = Field(64, ge=1, description="Open connections to the services together.")
     max_upload_bytes: int = Field(20_000_000, ge=1, description="Largest request body (an upload), in bytes.")
     max_images_per_query: int = Field(8, ge=1, le=32, description="Most photos of one organism per query.")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from stack.demo_collection import SPECIES, generate_collection, write_manifest
+from stack.demo_labels import write_species_labels
 from stack.processes import ROOT, ServiceProcess, StartFailed, service, stop_all
 from stack.tiny_model import write_tiny_model
 
@@ -93,7 +94,9 @@ def run(log_dir: Path) -> int:
                     log_path=log_dir / "demo-source.log", ready_path="/",
                 )
             )  # fmt: skip
-            embedder = start(service("embedder", env=model.env(), log_dir=log_dir))
+            labels = write_species_labels(DEMO_DIR / "labels", model)
+            embedder_env = {**model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)}
+            embedder = start(service("embedder", env=embedder_env, log_dir=log_dir))
             records = build_demo(embedder, source.url)
             search_env["SEARCH_DATA_DIR"] = str(DEMO_DIR / "collection")
             gateway_env["GATEWAY_NOTICE"] = DEMO_NOTICE.format(records=records, species=len(SPECIES))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.demo_collection import generate_collection, write_manifest
+from stack.demo_labels import write_species_labels
 from stack.image_server import serve_in_thread
 from stack.processes import ROOT, ServiceProcess, service, stop_all
 from stack.tiny_model import TinyModel
@@ -43,7 +44,9 @@ def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
     ports = _free_ports(4)
     processes: list[ServiceProcess] = []
     try:
-        embedder = service("embedder", port=ports[0], env=tiny_model.env(), log_dir=logs)
+        labels = write_species_labels(work / "labels", tiny_model)
+        embedder_env = {**tiny_model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)}
+        embedder = service("embedder", port=ports[0], env=embedder_env, log_dir=logs)
         processes.append(embedder)
         embedder.start()
         embedder.wait_ready()
