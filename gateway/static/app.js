@@ -13,22 +13,41 @@
     bioclip2_training: "BioCLIP-2 training records",
   };
 
-  // Taxonomy rows of the detail table, from broad to specific.
+  // Taxonomy ranks, from broad to specific.
   const RANKS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"];
+  // The ranks a taxon filter may name (the API's FilterRank).
+  const FILTER_RANKS = [...RANKS, "common_name"];
+  // Parameters a permalink may carry that the page has no control for; kept so re-runs keep them.
+  const PASSED_THROUGH = ["max_per_source", "max_per_species", "predict"];
 
   const $ = (id) => document.getElementById(id);
   const els = {
     notice: $("notice"),
     dropZone: $("drop-zone"),
     fileInput: $("file-input"),
+    previews: $("previews"),
     preview: $("preview"),
+    previewMore: $("preview-more"),
+    previewLabel: $("preview-label"),
     textForm: $("text-form"),
     textInput: $("text-input"),
     scope: $("scope"),
     topN: $("top-n"),
+    rank: $("rank"),
     nprobe: $("nprobe"),
+    minSimilarity: $("min-similarity"),
+    filters: $("filters"),
     status: $("status"),
     error: $("error"),
+    outcome: $("outcome"),
+    queryLabel: $("query-label"),
+    exportCsv: $("export-csv"),
+    exportJson: $("export-json"),
+    copyLink: $("copy-link"),
+    identityNote: $("identity-note"),
+    predictionBody: $("prediction-body"),
+    consensusBody: $("consensus-body"),
+    treeBody: $("tree-body"),
     results: $("results"),
     detail: $("detail"),
     detailTitle: $("detail-title"),
@@ -37,13 +56,21 @@
     footer: $("footer-status"),
   };
 
-  // What the controls re-run: {kind: "image", file} or {kind: "text", text}.
-  let lastQuery = null;
+  // The query the controls re-run:
+  //   {kind: "image", files: [File] | null, queryId}   files is null when it came from a link
+  //   {kind: "text", text, queryId}
+  //   {kind: "record", recordId, queryId}
+  // queryId is set from the first answer, so a re-run sends the id and the photo is not embedded again.
+  let current = null;
+  // Parameters from a permalink that have no control on the page (see PASSED_THROUGH).
+  let passedThrough = {};
+  // The newest result, for the export links and "Copy link".
+  let lastResult = null;
   // Only the newest search may touch the page; older ones are aborted.
   let inFlight = null;
   let searchSeq = 0;
-  // The preview's object URL, revoked when replaced so files don't pile up in memory.
-  let previewUrl = null;
+  // Object URLs of the previews, revoked when replaced so files don't pile up in memory.
+  let previewUrls = [];
   // The card that opened the detail panel, to give focus back to it on close.
   let detailOpener = null;
 
@@ -57,24 +84,30 @@
   }
 
   // A span (valid inside a <button>) standing in for an image that can't be shown.
-  function placeholder() {
-    const node = el("span", "placeholder", "image unavailable");
+  function placeholder(text) {
+    const label = text || "image unavailable";
+    const node = el("span", "placeholder", label);
     node.setAttribute("role", "img");
-    node.setAttribute("aria-label", "image unavailable");
+    node.setAttribute("aria-label", label);
     return node;
   }
 
   // An <img> that swaps itself for the placeholder if the server can't deliver it
-  // (the image endpoint answers errors as JSON, which fails to decode).
+  // (the image endpoint answers errors as JSON, which fails to decode). A record with
+  // no published image has no URL at all, and says so.
   function imageOrPlaceholder(src, alt, lazy) {
-    if (!src) return placeholder();
+    if (!src) return placeholder("no published image");
     const img = el("img");
     if (lazy) img.loading = "lazy";
     img.decoding = "async";
     img.alt = alt;
-    img.addEventListener("error", () => img.replaceWith(placeholder()), { once: true });
+    img.addEventListener("error", () => img.replaceWith(placeholder("image unavailable")), { once: true });
     img.src = src;
     return img;
+  }
+
+  function plural(count, one, many) {
+    return `${count} ${count === 1 ? one : many || `${one}s`}`;
   }
 
   // ---------- taxonomy formatting ----------
@@ -100,8 +133,19 @@
     return node;
   }
 
+  // A taxon's name at a rank, italic at genus and species.
+  function taxonNode(name, rank) {
+    return el(rank === "genus" || rank === "species" ? "i" : "span", "taxon", name);
+  }
+
   function formatSimilarity(value) {
     return typeof value === "number" && Number.isFinite(value) ? value.toFixed(3) : "–";
+  }
+
+  function percent(share) {
+    if (typeof share !== "number" || !Number.isFinite(share)) return "–";
+    const value = share * 100;
+    return `${value >= 10 || value === 0 ? Math.round(value) : value.toFixed(1)}%`;
   }
 
   // ---------- status and errors ----------
@@ -120,122 +164,425 @@
     els.error.hidden = true;
   }
 
+  function setBusy(busy) {
+    for (const node of [els.results, els.outcome, els.dropZone]) {
+      if (busy) node.setAttribute("aria-busy", "true");
+      else node.removeAttribute("aria-busy");
+    }
+  }
+
   // Turns a failed response into one readable sentence. The API answers
   // {"error": {"code", "message"}}, but a proxy in between may answer HTML.
-  async function errorMessage(response) {
+  async function readError(response) {
     let message = "";
+    let code = "";
     try {
       const body = await response.json();
-      if (body && body.error && typeof body.error.message === "string") message = body.error.message;
-      else if (body && typeof body.detail === "string") message = body.detail;
+      if (body && body.error && typeof body.error.message === "string") {
+        message = body.error.message;
+        code = typeof body.error.code === "string" ? body.error.code : "";
+      } else if (body && typeof body.detail === "string") {
+        message = body.detail;
+      }
     } catch {
       // Not JSON: fall through to a message built from the status.
     }
-    if (message) return message;
     const generic = {
       413: "The file is too large.",
       415: "That file type is not supported; please choose an image.",
       422: "The request was not valid (is the file an image, and are the options in range?).",
-      503: "A service is unavailable right now; please try again later.",
-      504: "The search timed out; please try again.",
+      429: "Too many searches from this browser.",
+      502: "A service failed to answer.",
+      503: "A service is unavailable right now.",
+      504: "A service took too long to answer.",
     };
-    return generic[response.status] || `The server answered ${response.status} ${response.statusText}`.trim() + ".";
+    if (!message) message = generic[response.status] || `The server answered ${response.status} ${response.statusText}`.trim() + ".";
+    message = sentence(message);
+    if (response.status === 429) {
+      const wait = Number(response.headers.get("Retry-After"));
+      message += Number.isFinite(wait) && wait > 0 ? ` Try again in ${plural(Math.ceil(wait), "second")}.` : " Try again in a minute.";
+    } else if (response.status >= 502) {
+      message += " Please try again later.";
+    }
+    return { status: response.status, code, message };
   }
 
-  // ---------- the search itself ----------
+  function sentence(text) {
+    const trimmed = String(text).trim();
+    if (!trimmed) return trimmed;
+    const first = trimmed[0].toUpperCase() + trimmed.slice(1);
+    return /[.!?…]$/.test(first) ? first : `${first}.`;
+  }
+
+  // ---------- reading the controls ----------
+
+  // "order:Lepidoptera, family:Apidae" -> [{rank, value}]; throws with a readable message.
+  function parseFilters(text) {
+    const filters = [];
+    for (const part of text.split(",")) {
+      const item = part.trim();
+      if (!item) continue;
+      const colon = item.indexOf(":");
+      const rank = colon > 0 ? item.slice(0, colon).trim().toLowerCase().replace(/\s+/g, "_") : "";
+      const value = colon > 0 ? item.slice(colon + 1).trim() : "";
+      if (!FILTER_RANKS.includes(rank) || !value) {
+        throw new Error(`“${item}” is not a taxon filter: write rank:name, e.g. order:Lepidoptera (ranks: ${FILTER_RANKS.join(", ")}).`);
+      }
+      filters.push({ rank, value });
+    }
+    if (filters.length > 8) throw new Error("At most 8 taxon filters.");
+    return filters;
+  }
 
   // Reads the option controls; returns null (and says why) when one is out of range,
   // so a bad value is reported here rather than as a 422 from the server.
   function readOptions() {
-    for (const input of [els.topN, els.nprobe]) {
+    const checks = [
+      [els.topN, "Results must be a whole number from 1 to 200."],
+      [els.nprobe, "nprobe must be a whole number of at least 1, or blank."],
+      [els.minSimilarity, "Min. similarity must be a number from -1 to 1, or blank."],
+    ];
+    for (const [input, message] of checks) {
       if (!input.checkValidity()) {
-        const label = input === els.topN ? "Results must be a whole number from 1 to 200." : "nprobe must be a whole number of at least 1, or blank.";
-        showError(label);
+        showError(message);
+        input.focus();
         return null;
       }
     }
-    const topN = els.topN.value.trim() === "" ? 24 : Number(els.topN.value);
-    const nprobe = els.nprobe.value.trim() === "" ? null : Number(els.nprobe.value);
-    return { top_n: topN, nprobe, scope: els.scope.value };
-  }
-
-  function buildRequest(query, options) {
-    if (query.kind === "image") {
-      const form = new FormData();
-      form.append("image", query.file, query.file.name || "pasted-image");
-      form.append("top_n", String(options.top_n));
-      if (options.nprobe !== null) form.append("nprobe", String(options.nprobe));
-      form.append("scope", options.scope);
-      // No Content-Type header: the browser adds the multipart boundary itself.
-      return { method: "POST", body: form };
+    let filters;
+    try {
+      filters = parseFilters(els.filters.value);
+    } catch (err) {
+      showError(err.message);
+      els.filters.focus();
+      return null;
     }
+    const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
     return {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: query.text, ...options }),
+      top_n: number(els.topN) ?? 24,
+      nprobe: number(els.nprobe),
+      scope: els.scope.value,
+      rank: els.rank.value,
+      min_similarity: number(els.minSimilarity),
+      filters,
+      ...passedThrough,
     };
   }
 
-  async function runSearch(query) {
-    // Remember the query even if an option is invalid, so fixing the option re-runs it.
-    lastQuery = query;
-    const options = readOptions();
-    if (!options) return;
+  // ---------- the search itself ----------
 
+  function jsonRequest(query, options) {
+    const body = {};
+    for (const [key, value] of Object.entries(options)) {
+      if (value !== null && value !== undefined) body[key] = value;
+    }
+    Object.assign(body, query);
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+
+  function uploadRequest(files, options) {
+    const form = new FormData();
+    for (const file of files) form.append("image", file, file.name || "pasted-image");
+    for (const [key, value] of Object.entries(options)) {
+      if (key === "filters") {
+        for (const f of value) form.append("filter", `${f.rank}:${f.value}`);
+      } else if (value !== null && value !== undefined) {
+        form.append(key, String(value));
+      }
+    }
+    // No Content-Type header: the browser adds the multipart boundary itself.
+    return { method: "POST", body: form };
+  }
+
+  // What to send for the current query: the photo only until the gateway has given it an id.
+  function requestFor(query, options, forceUpload) {
+    if (query.kind === "image") {
+      if (query.queryId && !forceUpload) return jsonRequest({ query_id: query.queryId }, options);
+      return uploadRequest(query.files, options);
+    }
+    if (query.kind === "text") return jsonRequest({ text: query.text }, options);
+    return jsonRequest({ record_id: query.recordId }, options);
+  }
+
+  function progressText(query, upload) {
+    if (query.kind === "image" && upload) {
+      const count = query.files.length;
+      return count === 1 ? "Uploading the photo and searching…" : `Uploading ${count} photos and searching…`;
+    }
+    return "Searching…";
+  }
+
+  // Starts a search for the newest query; older searches still running are aborted.
+  function begin() {
     if (inFlight) inFlight.abort();
     const controller = new AbortController();
     inFlight = controller;
     const seq = ++searchSeq;
-
     clearError();
-    setStatus("Searching…");
-    els.results.setAttribute("aria-busy", "true");
+    setBusy(true);
+    return { controller, seq, live: () => seq === searchSeq };
+  }
 
+  function finish(run) {
+    if (!run.live()) return;
+    setBusy(false);
+    inFlight = null;
+  }
+
+  async function runSearch(query) {
+    // Remember the query even if an option is invalid, so fixing the option re-runs it.
+    current = query;
+    clearError();
+    const options = readOptions();
+    if (!options) return;
+    const run = begin();
     try {
-      const response = await fetch(`${API}/search`, { ...buildRequest(query, options), signal: controller.signal });
-      if (!response.ok) {
-        const message = await errorMessage(response);
-        if (seq !== searchSeq) return;
-        setStatus("");
-        showError(message);
-        return;
+      let upload = query.kind === "image" && !query.queryId;
+      setStatus(progressText(query, upload));
+      let response = await fetch(`${API}/search`, { ...requestFor(query, options, false), signal: run.controller.signal });
+      // The gateway keeps recent query vectors only: when it has forgotten this photo, send it again.
+      if (response.status === 410 && query.kind === "image" && query.files && !upload) {
+        if (!run.live()) return;
+        upload = true;
+        setStatus("The server no longer holds this photo; uploading it again…");
+        response = await fetch(`${API}/search`, { ...requestFor(query, options, true), signal: run.controller.signal });
       }
-      const result = await response.json();
-      if (seq !== searchSeq) return;
-      renderResults(result);
-      setStatus(summary(result));
+      await settle(run, query, response);
     } catch (err) {
-      // An aborted search was replaced by a newer one, which owns the page now.
-      if (err && err.name === "AbortError") return;
-      if (seq !== searchSeq) return;
-      setStatus("");
-      showError("Could not reach the server. Check your connection and try again.");
+      failed(run, err);
     } finally {
-      if (seq === searchSeq) {
-        els.results.removeAttribute("aria-busy");
-        inFlight = null;
-      }
+      finish(run);
     }
+  }
+
+  // A search from a permalink's query string (q, text or record, and the parameters).
+  async function runLink(params) {
+    const run = begin();
+    try {
+      setStatus("Searching…");
+      const response = await fetch(`${API}/search?${params.toString()}`, { signal: run.controller.signal });
+      const query = params.has("q")
+        ? { kind: "image", files: null, queryId: params.get("q") }
+        : params.has("text")
+          ? { kind: "text", text: params.get("text") }
+          : { kind: "record", recordId: Number(params.get("record")) };
+      current = query;
+      const result = await settle(run, query, response);
+      if (result) noteIdentity(params, result.identity);
+    } catch (err) {
+      failed(run, err);
+    } finally {
+      finish(run);
+    }
+  }
+
+  // Shows a search's answer (or its error) if it is still the newest; returns the result.
+  async function settle(run, query, response) {
+    if (!response.ok) {
+      const problem = await readError(response);
+      if (!run.live()) return null;
+      setStatus("");
+      if (problem.status === 410 || problem.code === "query_expired") {
+        // Only a search from a link can get here: a photo chosen on this page is sent again.
+        query.queryId = null;
+        showError(
+          "The photo behind this link is no longer held by the server (it keeps recent searches only). " +
+            "Upload the photo again to search with these options.",
+        );
+        current = null;
+        return null;
+      }
+      showError(problem.message);
+      return null;
+    }
+    const result = await response.json();
+    if (!run.live()) return null;
+    query.queryId = result.query_id;
+    lastResult = result;
+    renderResult(result);
+    setStatus(summary(result));
+    if (typeof result.permalink === "string" && result.permalink.startsWith("/")) {
+      history.replaceState(null, "", result.permalink);
+    }
+    return result;
+  }
+
+  function failed(run, err) {
+    // An aborted search was replaced by a newer one, which owns the page now.
+    if (err && err.name === "AbortError") return;
+    if (!run.live()) return;
+    setStatus("");
+    showError("Could not reach the server. Check your connection and try again.");
   }
 
   function summary(result) {
     const hits = Array.isArray(result.hits) ? result.hits.length : 0;
     const ms = typeof result.took_ms === "number" ? Math.round(result.took_ms) : null;
-    let text = `${hits} ${hits === 1 ? "hit" : "hits"}${ms !== null ? ` in ${ms} ms` : ""}`;
+    let text = `${plural(hits, "hit")}${ms !== null ? ` in ${ms} ms` : ""}`;
+    if (typeof result.nprobe === "number") text += ` (nprobe ${result.nprobe})`;
+    const params = result.parameters || {};
     if (result.exhausted) {
-      const scope = SCOPE_PHRASES[result.scope] || result.scope;
-      text += ` — fewer than ${result.top_n} records matched the scope (${scope}).`;
+      const scope = SCOPE_PHRASES[params.scope] || params.scope || "the collection";
+      const narrowed = [];
+      if (Array.isArray(params.filters) && params.filters.length) narrowed.push("the taxon filters");
+      if (typeof params.min_similarity === "number") narrowed.push("the minimum similarity");
+      text += ` — fewer than ${params.top_n} records matched within reach (${scope}${narrowed.length ? `, ${narrowed.join(" and ")}` : ""}).`;
+    } else {
+      text += ".";
     }
     return text;
   }
 
-  // ---------- results ----------
+  // A link made with another model or index may not give the same hits: say so.
+  function noteIdentity(params, identity) {
+    const was = { model: params.get("model"), index: params.get("index") };
+    const now = identity || {};
+    const changed = ["model", "index"].filter((key) => was[key] && now[key] && was[key] !== now[key]);
+    if (!changed.length) {
+      els.identityNote.hidden = true;
+      return;
+    }
+    const parts = changed.map((key) => `${key} ${was[key]} (now ${now[key]})`);
+    els.identityNote.textContent = `This link was made with ${parts.join(" and ")}; the hits may differ from when it was made.`;
+    els.identityNote.hidden = false;
+  }
 
-  function renderResults(result) {
+  // ---------- the result ----------
+
+  function renderResult(result) {
+    els.outcome.hidden = false;
+    els.identityNote.hidden = true;
+    els.queryLabel.replaceChildren(...queryLabel(result));
+    renderActions(result);
+    renderPrediction(result);
+    renderConsensus(result);
+    renderTree(result.tree);
+    renderHits(result);
+  }
+
+  function queryLabel(result) {
+    const kinds = { image: "Photo", text: "Name", record: "From" };
+    const label = result.query === "image" && !result.label ? "uploaded photo" : result.label;
+    return [el("span", "muted", `${kinds[result.query] || "Query"}: `), el("span", null, label)];
+  }
+
+  function renderActions(result) {
+    const link = typeof result.permalink === "string" ? result.permalink : "";
+    const query = link.includes("?") ? link.slice(link.indexOf("?") + 1) : "";
+    const ready = Boolean(query);
+    for (const [a, format] of [[els.exportCsv, "csv"], [els.exportJson, "json"]]) {
+      if (ready) {
+        a.href = `${API}/search?${query}&format=${format}&download=true`;
+        a.removeAttribute("aria-disabled");
+      } else {
+        a.removeAttribute("href");
+        a.setAttribute("aria-disabled", "true");
+      }
+    }
+    els.copyLink.disabled = !ready;
+  }
+
+  function renderPrediction(result) {
+    const body = [];
+    const prediction = result.prediction;
+    if (prediction && Array.isArray(prediction.predictions) && prediction.predictions.length) {
+      body.push(el("p", "panel-note", `Zero-shot, at ${prediction.rank} rank:`));
+      const list = el("ol", "predictions");
+      for (const item of prediction.predictions) {
+        const li = el("li", "prediction");
+        const line = el("span", "prediction-line");
+        const name = el("span", "prediction-name");
+        name.append(taxonNode(item.name, item.rank || prediction.rank));
+        if (item.common_name) name.append(el("span", "common-name", item.common_name));
+        line.append(name, el("span", "probability", percent(item.probability)));
+        const bar = el("span", "bar");
+        bar.setAttribute("aria-hidden", "true");
+        const fill = el("span", "bar-fill");
+        fill.style.width = `${Math.max(0, Math.min(1, Number(item.probability) || 0)) * 100}%`;
+        bar.append(fill);
+        li.append(line, bar);
+        list.append(li);
+      }
+      body.push(list);
+    } else if (result.prediction_error) {
+      body.push(el("p", "soft", `prediction unavailable: ${result.prediction_error}`));
+    } else if (prediction) {
+      body.push(el("p", "soft", "The model made no prediction."));
+    } else {
+      body.push(el("p", "soft", "No prediction was asked for."));
+    }
+    els.predictionBody.replaceChildren(...body);
+  }
+
+  function renderConsensus(result) {
+    const body = [];
+    const c = result.consensus;
+    if (c) {
+      const p = el("p", "consensus-name");
+      p.append(taxonNode(c.name, c.rank), el("span", "muted", ` (${c.rank})`));
+      const hits = Array.isArray(result.hits) ? result.hits.length : 0;
+      body.push(p, el("p", "panel-note", `${percent(c.share)} of the hits' similarity; ${c.hits} of ${plural(hits, "hit")}.`));
+    } else {
+      body.push(el("p", "soft", "The hits name no taxon at this rank."));
+    }
+    const top = result.prediction && result.prediction.predictions && result.prediction.predictions[0];
+    const agreement = el("p", "agreement");
+    agreement.id = "agreement";
+    if (result.agreement === true) {
+      agreement.classList.add("agrees");
+      agreement.textContent = "✓ The prediction agrees with the hits.";
+    } else if (result.agreement === false) {
+      agreement.classList.add("differs");
+      agreement.textContent = `≠ The prediction differs from the hits: the model says ${top ? top.name : "another taxon"}, the hits say ${c ? c.name : "another"}.`;
+    } else {
+      agreement.textContent = top ? "The hits name no taxon at this rank to compare with." : "No prediction to compare the hits with.";
+      agreement.classList.add("soft");
+    }
+    body.push(agreement);
+    els.consensusBody.replaceChildren(...body);
+  }
+
+  // The hits' taxonomy as nested disclosures with counts; the broad ranks start open.
+  function renderTree(tree) {
+    const nodes = Array.isArray(tree) ? tree : [];
+    if (!nodes.length) {
+      els.treeBody.replaceChildren(el("p", "soft", "No taxonomy to show."));
+      return;
+    }
+    els.treeBody.replaceChildren(treeList(nodes, 0));
+  }
+
+  function treeList(nodes, depth) {
+    const list = el("ul", depth === 0 ? "tree-list tree-root" : "tree-list");
+    for (const node of nodes) {
+      const li = el("li");
+      const label = el("span", "tree-label");
+      label.append(el("span", "rank-label", `${node.rank} `), taxonNode(node.name, node.rank));
+      const count = el("span", "count", String(node.count));
+      count.setAttribute("aria-label", plural(node.count, "hit"));
+      count.title = plural(node.count, "hit");
+      if (Array.isArray(node.children) && node.children.length) {
+        const details = el("details");
+        // Open down to order, or all the way while the tree does not branch.
+        details.open = depth < 3 || nodes.length === 1;
+        const summaryNode = el("summary");
+        summaryNode.append(label, count);
+        details.append(summaryNode, treeList(node.children, depth + 1));
+        li.append(details);
+      } else {
+        li.className = "leaf";
+        li.append(label, count);
+      }
+      list.append(li);
+    }
+    return list;
+  }
+
+  function renderHits(result) {
     const hits = Array.isArray(result.hits) ? result.hits : [];
     const cards = hits.map(hitCard);
     els.results.replaceChildren(...cards);
-    if (!cards.length) els.results.append(el("p", "empty", "No records matched."));
+    if (!cards.length) els.results.append(el("p", "empty", "No records matched. Try a wider scope, fewer filters or a lower minimum similarity."));
   }
 
   function hitCard(hit) {
@@ -276,19 +623,21 @@
 
     els.detailTitle.replaceChildren(nameNode(taxonomy, "sci-name"));
 
-    const body = [];
     const figure = el("figure", "detail-figure");
     figure.append(imageOrPlaceholder(hit.medium_url, name.text, false));
     if (taxonomy.common_name) figure.append(el("figcaption", "common-name", taxonomy.common_name));
-    body.push(figure);
 
     const info = el("div", "detail-info");
+    const searchFrom = el("button", "button search-from", "Search from this");
+    searchFrom.type = "button";
+    searchFrom.id = "search-from";
+    searchFrom.addEventListener("click", () => searchFromRecord(hit));
     info.append(taxonomyTable(taxonomy), sourceList(hit));
     const links = linkList(hit);
     if (links) info.append(links);
-    body.push(info);
+    info.append(searchFrom);
 
-    els.detailBody.replaceChildren(...body);
+    els.detailBody.replaceChildren(figure, info);
 
     if (typeof els.detail.showModal === "function") {
       if (!els.detail.open) els.detail.showModal();
@@ -385,29 +734,113 @@
     detailOpener = null;
   }
 
-  // ---------- choosing a photo ----------
-
-  function useFile(file) {
-    if (!file) return;
-    if (file.type && !file.type.startsWith("image/")) {
-      clearError();
-      showError(`“${file.name}” is not an image. Please choose a photo.`);
-      return;
-    }
-    if (previewUrl) URL.revokeObjectURL(previewUrl);
-    previewUrl = URL.createObjectURL(file);
-    els.preview.src = previewUrl;
-    els.preview.hidden = false;
-    els.dropZone.classList.add("has-preview");
-    runSearch({ kind: "image", file });
+  // The record becomes the query: its own vector is searched (nothing is uploaded).
+  function searchFromRecord(hit) {
+    detailOpener = null;
+    closeDetail();
+    const name = bestName(hit.taxonomy);
+    showPreviews(
+      hit.thumbnail_url ? [{ src: hit.thumbnail_url, alt: `Record ${hit.record_id}: ${name.text}` }] : [],
+      `From record ${hit.record_id} (${name.text}).`,
+    );
+    els.textInput.value = "";
+    runSearch({ kind: "record", recordId: hit.record_id, queryId: null });
+    els.results.focus({ preventScroll: true });
   }
 
-  function firstImageFile(items) {
+  // ---------- choosing photos ----------
+
+  function showPreviews(images, label) {
+    for (const url of previewUrls) URL.revokeObjectURL(url);
+    previewUrls = [];
+    if (!images.length && !label) {
+      els.previews.hidden = true;
+      els.dropZone.classList.remove("has-preview");
+      return;
+    }
+    const [first, ...rest] = images;
+    els.preview.hidden = !first;
+    if (first) {
+      els.preview.src = first.src;
+      els.preview.alt = first.alt;
+    } else {
+      els.preview.removeAttribute("src");
+    }
+    els.previewMore.replaceChildren(
+      ...rest.map((image) => {
+        const img = el("img", "preview-small");
+        img.src = image.src;
+        img.alt = image.alt;
+        return img;
+      }),
+    );
+    els.previewLabel.textContent = label || "";
+    els.previews.hidden = false;
+    els.dropZone.classList.add("has-preview");
+  }
+
+  function useFiles(list) {
+    const files = Array.from(list || []);
+    if (!files.length) return;
+    const notImages = files.filter((file) => file.type && !file.type.startsWith("image/"));
+    if (notImages.length) {
+      setStatus("");
+      showError(`“${notImages[0].name}” is not an image. Please choose a photo.`);
+      return;
+    }
+    const images = files.map((file, n) => {
+      const url = URL.createObjectURL(file);
+      return { src: url, alt: `Your photo ${n + 1}: ${file.name || "pasted image"}` };
+    });
+    const names = files.map((file) => file.name || "pasted image").join(", ");
+    const label = files.length === 1 ? names : `${files.length} photos of one organism, searched together: ${names}`;
+    showPreviews(images, label);
+    previewUrls = images.map((image) => image.src);
+    els.textInput.value = "";
+    runSearch({ kind: "image", files, queryId: null });
+  }
+
+  function imageFiles(items) {
+    const files = [];
     for (const item of items || []) {
       const file = item instanceof File ? item : item.kind === "file" ? item.getAsFile() : null;
-      if (file && file.type.startsWith("image/")) return file;
+      if (file && file.type.startsWith("image/")) files.push(file);
     }
-    return null;
+    return files;
+  }
+
+  // ---------- permalinks and copying ----------
+
+  async function copyLink() {
+    if (!lastResult || !lastResult.permalink) return;
+    const url = new URL(lastResult.permalink, location.href).href;
+    try {
+      await navigator.clipboard.writeText(url);
+      setStatus("Link copied. It reproduces this search (a photo search works while the server still holds the photo).");
+    } catch {
+      setStatus(`Copy this link: ${url}`);
+    }
+  }
+
+  // Sets the controls from a permalink's parameters, and returns whether it names a query.
+  function applyLink(params) {
+    if (!params.has("q") && !params.has("text") && !params.has("record")) return false;
+    const set = (input, key) => {
+      if (params.has(key)) input.value = params.get(key);
+    };
+    set(els.topN, "top_n");
+    set(els.nprobe, "nprobe");
+    set(els.minSimilarity, "min_similarity");
+    if (params.has("scope") && [...els.scope.options].some((o) => o.value === params.get("scope"))) set(els.scope, "scope");
+    if (params.has("rank") && RANKS.includes(params.get("rank"))) set(els.rank, "rank");
+    els.filters.value = params.getAll("filter").join(", ");
+    passedThrough = {};
+    for (const key of PASSED_THROUGH) {
+      if (params.has(key)) passedThrough[key] = key === "predict" ? params.get(key) !== "false" : Number(params.get(key));
+    }
+    if (params.has("text")) els.textInput.value = params.get("text");
+    if (params.has("record")) showPreviews([], `From record ${params.get("record")}.`);
+    return true;
   }
 
   // ---------- service info ----------
@@ -446,7 +879,7 @@
 
   function wire() {
     els.fileInput.addEventListener("change", () => {
-      useFile(els.fileInput.files && els.fileInput.files[0]);
+      useFiles(els.fileInput.files);
       // Reset so choosing the same file again still fires "change".
       els.fileInput.value = "";
     });
@@ -472,9 +905,8 @@
       dragDepth = 0;
       els.dropZone.classList.remove("dragging");
       const files = event.dataTransfer ? Array.from(event.dataTransfer.files) : [];
-      const file = firstImageFile(files);
-      if (file) useFile(file);
-      else if (files.length) useFile(files[0]); // reports "not an image"
+      const images = imageFiles(files);
+      useFiles(images.length ? images : files); // the latter reports "not an image"
     });
     // A file dropped just outside the zone would otherwise make the browser navigate to it.
     window.addEventListener("dragover", (event) => event.preventDefault());
@@ -483,10 +915,10 @@
     // Paste: only take over when the clipboard holds an image, so pasting text still works.
     document.addEventListener("paste", (event) => {
       const items = event.clipboardData ? Array.from(event.clipboardData.items) : [];
-      const file = firstImageFile(items);
-      if (!file) return;
+      const files = imageFiles(items);
+      if (!files.length) return;
       event.preventDefault();
-      useFile(file);
+      useFiles(files);
     });
 
     els.textForm.addEventListener("submit", (event) => {
@@ -498,17 +930,30 @@
         return;
       }
       // The preview belongs to photo searches; hide it so it doesn't suggest otherwise.
-      els.preview.hidden = true;
-      els.dropZone.classList.remove("has-preview");
-      runSearch({ kind: "text", text });
+      showPreviews([], "");
+      runSearch({ kind: "text", text, queryId: null });
     });
 
     // "change" (not "input") so typing a number runs one search, not one per keystroke.
-    for (const control of [els.scope, els.topN, els.nprobe]) {
+    // A re-run sends the query's id, so the photo is neither uploaded nor embedded again.
+    for (const control of [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters]) {
       control.addEventListener("change", () => {
-        if (lastQuery) runSearch(lastQuery);
+        if (current) runSearch(current);
       });
     }
+    // Enter in the filter box applies it even when the text has not changed (e.g. after an error).
+    els.filters.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        if (current) runSearch(current);
+      }
+    });
+
+    els.copyLink.addEventListener("click", copyLink);
+    // A record's thumbnail used as the preview may be unavailable: show the label alone then.
+    els.preview.addEventListener("error", () => {
+      if (els.preview.getAttribute("src")) els.preview.hidden = true;
+    });
 
     els.detailClose.addEventListener("click", closeDetail);
     // Clicking the backdrop (outside the panel's box) closes it too.
@@ -518,13 +963,23 @@
       const inside = event.clientX >= box.left && event.clientX <= box.right && event.clientY >= box.top && event.clientY <= box.bottom;
       if (!inside) closeDetail();
     });
-    // Escape closes a modal <dialog> natively; this covers browsers without it.
     document.addEventListener("keydown", (event) => {
+      // Escape closes a modal <dialog> natively; this covers browsers without it.
       if (event.key === "Escape" && els.detail.hasAttribute("open")) closeDetail();
+      // "/" jumps to the name search, as on many search pages, unless the user is typing.
+      const typing = event.target instanceof HTMLElement && event.target.closest("input, textarea, select, [contenteditable]");
+      if (event.key === "/" && !typing && !els.detail.hasAttribute("open") && !event.ctrlKey && !event.metaKey && !event.altKey) {
+        event.preventDefault();
+        els.textInput.focus();
+      }
     });
     els.detail.addEventListener("close", restoreFocus);
   }
 
   wire();
+  // On a phone the tree would push the hits far down: it starts closed there.
+  if (window.matchMedia("(max-width: 800px)").matches) $("tree").open = false;
   loadInfo();
+  const linked = new URLSearchParams(location.search);
+  if (applyLink(linked)) runLink(linked);
 })();
