@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from services.common.schemas.search import Scope
+from services.common.schemas.taxonomy import Taxonomy as RankPath
 
 Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
 FilterRank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name"]
@@ -59,18 +60,11 @@ class QueryRequest(SearchParameters):
         return self
 
 
-class Taxonomy(BaseModel):
-    kingdom: str | None = None
-    phylum: str | None = None
-    class_: str | None = Field(None, alias="class")
-    order: str | None = None
-    family: str | None = None
-    genus: str | None = None
-    species: str | None = Field(None, description="The species epithet.")
-    scientific_name: str | None = None
-    common_name: str | None = None
+class Taxonomy(RankPath):
+    """A record's taxonomy, with the names people search by."""
 
-    model_config = {"populate_by_name": True}
+    scientific_name: str | None = Field(None, description="Genus and epithet together, when both are known.")
+    common_name: str | None = None
 
 
 class RecordView(BaseModel):

@@ -22,15 +22,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return write_tiny_model(tmp_path_factory.mktemp("model"), name="tiny-test-clip", embed_dim=32, width=32)
 
 
-@pytest.fixture
-def embedder_settings(tiny_model: TinyModel) -> EmbedderSettings:
+def tiny_embedder_settings(model: TinyModel) -> EmbedderSettings:
+    """The tiny model loaded the production way, with fp32 pinned so exact comparisons hold on any
+    CPU (the default, `auto`, picks bf16 where the CPU has AVX512-BF16 or AMX)."""
     return EmbedderSettings(
-        model=tiny_model.name,
-        architecture_config=tiny_model.config,
-        checkpoint=tiny_model.checkpoint,
+        model=model.name,
+        architecture_config=model.config,
+        checkpoint=model.checkpoint,
         blocking_threads=2,
         torch_threads=1,
+        precision="fp32",
     )
+
+
+@pytest.fixture
+def embedder_settings(tiny_model: TinyModel) -> EmbedderSettings:
+    return tiny_embedder_settings(tiny_model)
 
 
 ImageFactory = Callable[..., bytes]

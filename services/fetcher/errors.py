@@ -6,20 +6,6 @@ import math
 
 from services.common.errors import ServiceError
 
-# What became of a fetch: the batch answers these per URL; GET /v1/image turns them into statuses.
-STATUS_WORDS = (
-    "ok",
-    "bad_url",
-    "not_found",
-    "timeout",
-    "rate_limited",
-    "budget_exhausted",
-    "blocked",
-    "too_large",
-    "not_an_image",
-    "error",
-)
-
 HTTP_STATUS = {
     "bad_url": 400,
     "blocked": 403,

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from services.embedder.app import create_app
 from services.embedder.settings import EmbedderSettings
 from stack.tiny_model import TinyModel
+from tests.conftest import tiny_embedder_settings
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
@@ -31,21 +32,7 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def module_settings(tiny_model: TinyModel) -> EmbedderSettings:
-    """The tiny model as tests/conftest.py's `embedder_settings` loads it, with fp32 pinned so that exact
-    comparisons hold on any CPU (the default, `auto`, picks bf16 where the CPU has AVX512-BF16 or AMX)."""
-    return EmbedderSettings(
-        model=tiny_model.name,
-        architecture_config=tiny_model.config,
-        checkpoint=tiny_model.checkpoint,
-        blocking_threads=2,
-        torch_threads=1,
-        precision="fp32",
-    )
-
-
-@pytest.fixture
-def embedder_settings(module_settings: EmbedderSettings) -> EmbedderSettings:
-    return module_settings.model_copy()
+    return tiny_embedder_settings(tiny_model)
 
 
 @contextmanager

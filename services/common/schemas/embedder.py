@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.common.schemas.taxonomy import Taxonomy
+
 Preprocessing = Literal["pybioclip", "open_clip"]
 
 
@@ -110,20 +112,6 @@ class ClassifyRequest(ClassifyParameters):
 
     def input_vectors(self) -> list[list[float]]:
         return [self.vector] if self.vector is not None else list(self.vectors or [])
-
-
-class Taxonomy(BaseModel):
-    """A taxon's path from kingdom down to the rank predicted; lower ranks are null."""
-
-    kingdom: str | None = None
-    phylum: str | None = None
-    class_: str | None = Field(None, alias="class")
-    order: str | None = None
-    family: str | None = None
-    genus: str | None = None
-    species: str | None = Field(None, description="The species epithet only, as in the TreeOfLife data.")
-
-    model_config = {"populate_by_name": True}
 
 
 class Prediction(BaseModel):
