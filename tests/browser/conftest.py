@@ -26,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> It
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: install Debian's chromium package (scripts/install.sh does)"
