@@ -4,4 +4,4 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.common.serve import serve
 
-serve("gateway", create_app, GatewaySettings())
+raise SystemExit(serve("gateway", create_app, GatewaySettings()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -11,7 +12,17 @@ from services.common.logging import configure_logging
 from services.common.settings import ServiceSettings
 
 
-def serve(service: str, create_app: Callable[[ServiceSettings], FastAPI], settings: ServiceSettings) -> None:
+def serve(service: str, create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> int:
+    """Serve until stopped; the exit status is 1 when the app recorded a fatal error.
+
+    An app that fails after start-up (a model loading in the background, say) records the reason
+    in `app.state.fatal_error` and calls `app.state.stop_server()`, which ends the server here.
+    """
     configure_logging(service, settings.log_level)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    )
+    app.state.stop_server = lambda: setattr(server, "should_exit", True)
+    server.run()
+    return 1 if app.state.fatal_error else 0

@@ -103,6 +103,9 @@ def create_service_app(
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     app.state.ready = False
     app.state.not_ready_reason = "starting"
+    # Set by an app that cannot go on after start-up; `serve` then stops it and exits with 1.
+    app.state.fatal_error = None
+    app.state.stop_server = None
     install_error_handlers(app)
     metrics = _Metrics(service)
     # Added innermost first: request ids and metrics also cover the 413s of the size limit.

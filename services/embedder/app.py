@@ -2,7 +2,7 @@
 
 The server answers /healthz at once and /readyz (503) while the model loads; embed and classify
 routes answer 503 not_ready until it is loaded. A failed load logs one line naming the setting to
-change and calls `on_load_failure` (`python -m services.embedder` stops the server, exit code 1).
+change, records it as `app.state.fatal_error` and stops the server (exit status 1 under `serve`).
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ async def _load(app: FastAPI, settings: EmbedderSettings, pool: BlockingPool, lo
 def _failed(app: FastAPI, message: str) -> None:
     logger.error("start-up failed: %s", message)
     app.state.not_ready_reason = f"the model failed to load: {message}"
-    app.state.load_error = message
-    callback: Callable[[], None] | None = app.state.on_load_failure
+    app.state.fatal_error = message
+    callback: Callable[[], None] | None = app.state.on_load_failure or app.state.stop_server
     if callback is not None:
         callback()
 
@@ -135,7 +135,6 @@ def create_app(
         app.state.settings = settings
         app.state.pool = pool = BlockingPool(settings.blocking_threads)
         app.state.embedder = None
-        app.state.load_error = None
         app.state.on_load_failure = on_load_failure
         app.state.not_ready_reason = "loading the model"
         loading = asyncio.create_task(_load(app, settings, pool, loader), name="load-model")

@@ -4,4 +4,4 @@ from services.common.serve import serve
 from services.fetcher.app import create_app
 from services.fetcher.settings import FetcherSettings
 
-serve("fetcher", create_app, FetcherSettings())
+raise SystemExit(serve("fetcher", create_app, FetcherSettings()))

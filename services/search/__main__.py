@@ -4,4 +4,4 @@ from services.common.serve import serve
 from services.search.app import create_app
 from services.search.settings import SearchSettings
 
-serve("search", create_app, SearchSettings())
+raise SystemExit(serve("search", create_app, SearchSettings()))

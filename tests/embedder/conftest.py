@@ -24,8 +24,8 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         if client.get("/readyz").status_code == 200:
             return
-        if client.app.state.load_error:  # type: ignore[attr-defined]
-            raise AssertionError(f"the model failed to load: {client.app.state.load_error}")  # type: ignore[attr-defined]
+        if client.app.state.fatal_error:  # type: ignore[attr-defined]
+            raise AssertionError(f"the model failed to load: {client.app.state.fatal_error}")  # type: ignore[attr-defined]
         time.sleep(0.02)
     raise AssertionError(f"the embedder was not ready after {timeout} s")
 
