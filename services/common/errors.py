@@ -61,11 +61,6 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
-class PayloadTooLarge(ServiceError):
-    status_code = 413
-    code = "too_large"
-
-
 class Unprocessable(ServiceError):
     status_code = 422
     code = "unprocessable"
