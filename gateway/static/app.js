@@ -73,6 +73,10 @@
   let previewUrls = [];
   // The card that opened the detail panel, to give focus back to it on close.
   let detailOpener = null;
+  // The query and option values of the newest search sent: a "change" event that leaves them
+  // as they were (a number typed before choosing the photo, then the field losing focus)
+  // must not run the same search again and redraw what the user is looking at.
+  let sent = null;
 
   // ---------- small DOM helpers ----------
 
@@ -234,6 +238,11 @@
     return filters;
   }
 
+  // The option controls' raw values as one string, to tell whether any has changed.
+  function controlValues() {
+    return JSON.stringify([els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters].map((c) => c.value));
+  }
+
   // Reads the option controls; returns null (and says why) when one is out of range,
   // so a bad value is reported here rather than as a 422 from the server.
   function readOptions() {
@@ -335,6 +344,7 @@
     clearError();
     const options = readOptions();
     if (!options) return;
+    sent = { query, controls: controlValues() };
     const run = begin();
     try {
       let upload = query.kind === "image" && !query.queryId;
@@ -367,6 +377,7 @@
           ? { kind: "text", text: params.get("text") }
           : { kind: "record", recordId: Number(params.get("record")) };
       current = query;
+      sent = { query, controls: controlValues() };
       const result = await settle(run, query, response);
       if (result) noteIdentity(params, result.identity);
     } catch (err) {
@@ -938,7 +949,9 @@
     // A re-run sends the query's id, so the photo is neither uploaded nor embedded again.
     for (const control of [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters]) {
       control.addEventListener("change", () => {
-        if (current) runSearch(current);
+        if (!current) return;
+        if (sent && sent.query === current && sent.controls === controlValues()) return;
+        runSearch(current);
       });
     }
     // Enter in the filter box applies it even when the text has not changed (e.g. after an error).

@@ -88,6 +88,25 @@ def test_changing_the_scope_shows_new_hits_without_embedding_the_photo_again(pag
     assert "scope=url_only" in page.url and "rank=family" in page.url
 
 
+def test_a_field_losing_focus_after_the_search_does_not_search_again(page: Page, stack: Stack) -> None:
+    """A number typed before choosing the photo fires "change" only when the field loses focus,
+    after the search already used it: that must not redraw the results a second time."""
+    page.goto("/")
+    page.fill("#top-n", "5")
+    searches: list[str] = []
+    page.on("request", lambda r: searches.append(r.url) if r.url.split("?")[0].endswith("/api/search") else None)
+    search_by(page, lambda: page.set_input_files("#file-input", str(photo(stack, 2))))
+    assert len(card_ids(page)) == 5
+    page.locator("#top-n").blur()  # fires "change" with the value the search was made with
+    page.locator("#results").click(position={"x": 1, "y": 1})
+    page.wait_for_timeout(300)
+    assert len(searches) == 1, searches
+    # A value that did change still searches again.
+    page.fill("#top-n", "4")
+    search_by(page, lambda: page.locator("#top-n").blur())
+    assert len(card_ids(page)) == 4 and len(searches) == 2
+
+
 def test_several_photos_of_one_organism_are_searched_together(page: Page, stack: Stack) -> None:
     result = upload(page, photo(stack, 0), photo(stack, 12))  # rows i and i+12: the same species
     assert result["query"] == "image" and len(result["label"].split(", ")) == 2
