@@ -238,9 +238,12 @@
     return filters;
   }
 
+  // The controls whose change re-runs the current search.
+  const optionControls = [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters];
+
   // The option controls' raw values as one string, to tell whether any has changed.
   function controlValues() {
-    return JSON.stringify([els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters].map((c) => c.value));
+    return JSON.stringify(optionControls.map((c) => c.value));
   }
 
   // Reads the option controls; returns null (and says why) when one is out of range,
@@ -947,7 +950,7 @@
 
     // "change" (not "input") so typing a number runs one search, not one per keystroke.
     // A re-run sends the query's id, so the photo is neither uploaded nor embedded again.
-    for (const control of [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters]) {
+    for (const control of optionControls) {
       control.addEventListener("change", () => {
         if (!current) return;
         if (sent && sent.query === current && sent.controls === controlValues()) return;
