@@ -11,15 +11,21 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from gateway.clients import ServiceClients
+from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
 from gateway.routes import health, records, search
 from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
+from services.common.http_errors import Status, StatusTable
 from services.common.service import create_service_app
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+# The gateway's errors beyond the shared kinds' statuses (QueryExpired is 410 as every Expired);
+# the note names the setting an operator changes.
+ERROR_STATUS: StatusTable = {ModelIndexMismatch: Status(502, note="set EMBEDDER_MODEL to that model")}
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -53,6 +59,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
         max_body_bytes=settings.max_upload_bytes,
         description="Search a labelled collection of organism photos by photo or by taxon name.",
+        errors=ERROR_STATUS,
     )
     app.include_router(search.router)
     app.include_router(records.router)

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
+from gateway.errors import ModelIndexMismatch
 from gateway.settings import GatewaySettings
-from services.common.errors import ServiceError, UpstreamError
+from services.common.errors import DomainError
 from services.common.http import raise_for_upstream, upstream
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
@@ -84,14 +85,12 @@ class ServiceClients:
             response = await self._call(
                 "search", "POST", "/v1/search", self.settings.search_timeout, json=request.model_dump(exclude_none=True)
             )
-        except ServiceError as exc:
+        except DomainError as exc:
             # The gateway checked the caller's parameters; a vector the index refuses is a set-up fault.
             if exc.code in ("dimension_mismatch", "invalid_vector"):
-                raise UpstreamError(
-                    "search",
+                raise ModelIndexMismatch(
                     f"the embedder's vectors do not fit the search index ({exc.message}); "
-                    "EMBEDDER_MODEL must be the model the collection was built with",
-                    code="model_index_mismatch",
+                    "the embedder must run the model the collection was built with"
                 ) from exc
             raise
         return SearchResponse.model_validate(response.json())
@@ -120,7 +119,7 @@ class ServiceClients:
         """A service's JSON answer, or None when it cannot give one (for informational answers)."""
         try:
             response = await self._call(service, "GET", path, self.settings.connect_timeout)
-        except ServiceError as exc:
+        except DomainError as exc:
             logger.info("%s%s unavailable: %s", service, path, exc.message)
             return None
         return response.json()
@@ -146,7 +145,7 @@ class ServiceClients:
                 response = await self.client.get(
                     self.urls[service] + "/readyz", timeout=self._timeout(self.settings.connect_timeout)
                 )
-        except ServiceError as exc:
+        except DomainError as exc:
             return False, exc.message
         if response.status_code == 200:
             return True, None

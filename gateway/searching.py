@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.clients import ServiceClients
+from gateway.errors import QueryExpired
 from gateway.query_cache import (
     CachedQuery,
     QueryCache,
@@ -21,7 +22,7 @@ from gateway.query_cache import (
 from gateway.schemas import HitView, Identity, SearchParameters, SearchResult
 from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
-from services.common.errors import BadRequest, NotFound, ServiceError
+from services.common.errors import DomainError, InvalidInput
 from services.common.schemas.search import SearchRequest
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,14 @@ class Searcher:
 
     async def image_query(self, uploads: list[Upload]) -> CachedQuery:
         if not uploads:
-            raise BadRequest("attach the photo as the multipart field `image`", code="missing_image")
+            raise InvalidInput("attach the photo as the multipart field `image`", code="missing_image")
         if len(uploads) > self.max_images:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{len(uploads)} photos; one query takes at most {self.max_images}", code="too_many_images"
             )
         for name, data, _ in uploads:
             if not data:
-                raise BadRequest(f"{name}: the uploaded file is empty", code="empty_file")
+                raise InvalidInput(f"{name}: the uploaded file is empty", code="empty_file")
         query_id = image_query_id([data for _, data, _ in uploads])
         if cached := self.cache.get(query_id):
             return cached
@@ -56,7 +57,7 @@ class Searcher:
     async def text_query(self, text: str) -> CachedQuery:
         text = text.strip()
         if not text:
-            raise BadRequest("the text is blank", code="empty_text")
+            raise InvalidInput("the text is blank", code="empty_text")
         query_id = text_query_id(text)
         if cached := self.cache.get(query_id):
             return cached
@@ -75,10 +76,8 @@ class Searcher:
             return cached
         if query_id.startswith("rec-") and query_id[4:].isdigit():
             return await self.record_query(int(query_id[4:]))
-        raise NotFound(
-            "this query is no longer held by the gateway (it keeps recent queries only); upload the photo again",
-            code="query_expired",
-            status_code=410,
+        raise QueryExpired(
+            "this query is no longer held by the gateway (it keeps recent queries only); upload the photo again"
         )
 
     async def run(self, query: CachedQuery, params: SearchParameters) -> SearchResult:
@@ -131,7 +130,7 @@ class Searcher:
         """A prediction, or why there is none: a prediction never fails the search it rides with."""
         try:
             answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions)
-        except ServiceError as exc:
+        except DomainError as exc:
             return None, exc.message
         predictions = [
             {

@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from gateway.dependencies import ClientsDep, limit_images
 from gateway.schemas import RecordView
 from gateway.views import record_view
-from services.common.errors import ErrorResponse, NotFound
+from services.common.errors import NotFound
+from services.common.http_errors import ErrorResponse
 
 router = APIRouter(prefix="/api", tags=["records"])
 

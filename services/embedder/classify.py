@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import Unprocessable
+from services.common.errors import DimensionMismatch, InvalidVector
+from services.embedder.errors import InvalidClade, UnknownClade
 from services.embedder.labels import RANKS, SPECIES, TreeOfLife, scientific_name
 
 logger = logging.getLogger(__name__)
@@ -32,14 +33,11 @@ def check_vectors(vectors: Sequence[Sequence[float]], dim: int) -> np.ndarray:
     """(B, dim) float32 unit vectors, or the caller's mistake named."""
     for index, vector in enumerate(vectors):
         if len(vector) != dim:
-            raise Unprocessable(
-                f"vector {index} has {len(vector)} values; this model's vectors have {dim}",
-                code="dimension_mismatch",
-            )
+            raise DimensionMismatch(f"vector {index} has {len(vector)} values; this model's vectors have {dim}")
     array = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(array, axis=1)
     if not np.all(np.isfinite(array)) or not np.all(norms > 0):
-        raise Unprocessable("vectors must be finite and not all zeros", code="invalid_vector")
+        raise InvalidVector("vectors must be finite and not all zeros")
     return array / norms[:, None]
 
 
@@ -78,7 +76,7 @@ def clade_mask(tree: TreeOfLife, rank: str, value: str) -> np.ndarray:
     depth = RANKS.index(rank)
     groups = tree.ranks[depth].by_name.get(value.strip().lower())
     if not groups:
-        raise Unprocessable(f"no species of {rank} {value!r} among the labels", code="unknown_clade")
+        raise UnknownClade(f"no species of {rank} {value!r} among the labels")
     return np.isin(tree.ranks[depth].ids, np.asarray(groups, dtype=np.int32))
 
 
@@ -96,9 +94,7 @@ def predict_tree_of_life(
     allowed = None
     if clade is not None:
         if RANKS.index(clade[0]) >= depth:
-            raise Unprocessable(
-                f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})", code="invalid_clade"
-            )
+            raise InvalidClade(f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})")
         allowed = clade_mask(tree, *clade)
     probs = probabilities(vectors, tree.matrix, scale, allowed)
     groups = tree.ranks[depth]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.common.errors import BadRequest, ServiceError, Unprocessable
+from services.common.errors import InvalidInput, InvalidValue
 from services.common.images import InvalidImage, decode_image
 from services.common.schemas.embedder import (
     Clade,
@@ -26,6 +26,7 @@ from services.common.schemas.embedder import (
 )
 from services.embedder import classify
 from services.embedder.batching import Batcher
+from services.embedder.errors import LabelsNotConfigured
 from services.embedder.labels import RANKS, LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
 from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
@@ -87,15 +88,16 @@ class Embedder:
         try:
             image = decode_image(data, name, self.settings.max_image_pixels)
         except InvalidImage as exc:
-            error = BadRequest if exc.code == "empty_file" else Unprocessable
-            raise error(exc.message, code=exc.code) from exc
+            # An empty upload is a malformed request; bytes that are not a usable image, an unusable value.
+            kind = InvalidInput if exc.code == "empty_file" else InvalidValue
+            raise kind(exc.message, code=exc.code) from exc
         return self.model.prepare(image)
 
     async def embed_images(self, uploads: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(n, dim) unit vectors for (name, bytes) uploads, in order; each image decoded once, in the pool."""
         limit = self.settings.max_images_per_request
         if len(uploads) > limit:
-            raise BadRequest(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
+            raise InvalidInput(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
         # Announced before decoding, so that a forward pass about to start waits for these images.
         with self.batcher.incoming(len(uploads)) as reservation:
             inputs = [await self.offload(self._prepare, data, name) for name, data in uploads]
@@ -104,21 +106,17 @@ class Embedder:
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         cleaned = [text.strip() for text in texts]
         if not all(cleaned):
-            raise BadRequest("texts must not be empty or blank", code="empty_text")
+            raise InvalidInput("texts must not be empty or blank", code="empty_text")
         return await self.offload(self.model.embed_texts, cleaned)
 
     def _check(self, params: ClassifyParameters) -> None:
         if params.labels is not None and len(params.labels) > self.settings.max_labels_per_request:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{len(params.labels)} labels; the limit is {self.settings.max_labels_per_request}",
                 code="too_many_labels",
             )
         if params.labels is None and self.tree is None:
-            raise ServiceError(
-                "no TreeOfLife labels are loaded here (EMBEDDER_TREE_OF_LIFE_DIR is unset): send `labels`",
-                code="labels_not_configured",
-                status_code=503,
-            )
+            raise LabelsNotConfigured("no TreeOfLife labels are loaded here: send `labels`")
 
     async def classify_vectors(
         self, params: ClassifyParameters, vectors: Sequence[Sequence[float]]

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from services.common.errors import NotFound, Unprocessable
+from services.common.errors import DimensionMismatch, InvalidVector
+from services.search.errors import UnknownRecord
 from services.search.filters import Criteria, TaxonFilter
 from services.search.index import StoredVector, VectorIndex
 from services.search.metadata import MetadataStore, Row
@@ -117,15 +118,12 @@ class SearchEngine:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
             got = vectors.shape[-1] if vectors.ndim else 0
-            raise Unprocessable(
-                f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors",
-                code="dimension_mismatch",
-            )
+            raise DimensionMismatch(f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors")
         if not np.all(np.isfinite(vectors)):
-            raise Unprocessable("query vectors contain NaN or infinity", code="invalid_vector")
+            raise InvalidVector("query vectors contain NaN or infinity")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if np.any(norms == 0):
-            raise Unprocessable("a query vector is all zeros", code="invalid_vector")
+            raise InvalidVector("a query vector is all zeros")
         return vectors / norms
 
     def search(self, query: Query) -> SearchOutcome:
@@ -299,7 +297,7 @@ class SearchEngine:
     def record(self, record_id: int) -> Row:
         row = self.metadata.get(record_id)
         if row is None:
-            raise NotFound(f"no record with id {record_id}", code="unknown_record")
+            raise UnknownRecord(f"no record with id {record_id}")
         return row
 
     def vector(self, record_id: int) -> StoredVector:
