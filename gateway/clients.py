@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
 
 from gateway.errors import ModelIndexMismatch
 from gateway.settings import GatewaySettings
@@ -48,7 +48,8 @@ class ServiceClients:
             "search": asyncio.Semaphore(settings.max_concurrent_searches),
             "fetcher": asyncio.Semaphore(settings.max_concurrent_images),
         }
-        self._identity: tuple[float, dict[str, str | None]] | None = None
+        # One entry; used from the event loop only, so no lock.
+        self._identity: TTLCache[str, dict[str, str | None]] = TTLCache(maxsize=1, ttl=IDENTITY_TTL_SECONDS)
 
     def _timeout(self, read: float) -> httpx.Timeout:
         return httpx.Timeout(connect=self.settings.connect_timeout, read=read, write=read, pool=read)
@@ -126,8 +127,8 @@ class ServiceClients:
 
     async def identity(self) -> dict[str, str | None]:
         """The model and index in use, asked at most every 30 s (it changes only on redeploy)."""
-        if self._identity and time.monotonic() - self._identity[0] < IDENTITY_TTL_SECONDS:
-            return self._identity[1]
+        if (known := self._identity.get("identity")) is not None:
+            return known
         model, stats = await asyncio.gather(
             self.json_or_none("embedder", "/v1/model"), self.json_or_none("search", "/v1/stats")
         )
@@ -136,7 +137,7 @@ class ServiceClients:
             "index": f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}" if stats else None,
         }
         if model and stats:
-            self._identity = (time.monotonic(), found)
+            self._identity["identity"] = found
         return found
 
     async def readiness(self, service: str) -> tuple[bool, str | None]:

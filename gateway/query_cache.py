@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import LRUCache
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class QueryCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, CachedQuery] = OrderedDict()
+        # cachetools is not thread-safe: every use takes the lock, as its documentation advises.
+        self._entries: LRUCache[str, CachedQuery] = LRUCache(maxsize=max(capacity, 1))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -47,17 +48,14 @@ class QueryCache:
             entry = self._entries.get(query_id)
             if entry is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(query_id)
-            self.hits += 1
+            else:
+                self.hits += 1
             return entry
 
     def put(self, entry: CachedQuery) -> CachedQuery:
-        with self._lock:
-            self._entries[entry.query_id] = entry
-            self._entries.move_to_end(entry.query_id)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+        if self.capacity > 0:
+            with self._lock:
+                self._entries[entry.query_id] = entry
         return entry
 
     def __len__(self) -> int:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 logger = logging.getLogger(__name__)
 
@@ -140,26 +140,23 @@ class LabelVectors:
     def __init__(self, embed: Callable[[list[str]], np.ndarray], capacity: int) -> None:
         self._embed = embed
         self.capacity = capacity
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        # cachetools is not thread-safe: every use takes the lock, as its documentation advises.
+        self._vectors: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(capacity, 1))
         self._lock = threading.Lock()
         self.embedded = 0  # labels that went through the model, for tests and logs
 
     def matrix(self, labels: Sequence[str]) -> np.ndarray:
         """(dim, len(labels)) float32, columns in the order of `labels`."""
         with self._lock:
-            known = {label: self._vectors[label] for label in labels if label in self._vectors}
-            for label in known:
-                self._vectors.move_to_end(label)
+            known = {label: vector for label in labels if (vector := self._vectors.get(label)) is not None}
         missing = list(dict.fromkeys(label for label in labels if label not in known))
         if missing:
             fresh = self._embed(missing)
             self.embedded += len(missing)
             found = dict(zip(missing, fresh, strict=True))
             known.update(found)
-            with self._lock:
-                for label, vector in found.items():
-                    self._vectors[label] = vector
-                    self._vectors.move_to_end(label)
-                while len(self._vectors) > self.capacity:
-                    self._vectors.popitem(last=False)
+            if self.capacity > 0:
+                with self._lock:
+                    for label, vector in found.items():
+                        self._vectors[label] = vector
         return np.stack([known[label] for label in labels], axis=1).astype(np.float32, copy=False)

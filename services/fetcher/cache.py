@@ -17,6 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import LRUCache
+
 logger = logging.getLogger(__name__)
 
 _SUFFIX = {"image/webp": ".webp", "image/jpeg": ".jpg"}
@@ -39,35 +41,38 @@ def cache_key(url: str, size: str, longest_side: int | None, image_format: str) 
     return hashlib.sha256(f"{size}:{longest_side}:{image_format}\n{url}".encode()).hexdigest()
 
 
+def _image_bytes(item: CachedImage) -> int:
+    return len(item.data)
+
+
 class MemoryCache:
-    """The most recently used images, up to `max_bytes` in all."""
+    """The most recently used images, up to `max_bytes` of image data in all (cachetools' LRU, sized by bytes).
+
+    Used from the event loop only (the pipeline never calls it from a worker thread), so it takes no lock.
+    """
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[str, CachedImage] = OrderedDict()
+        self._items: LRUCache[str, CachedImage] = LRUCache(maxsize=max_bytes, getsizeof=_image_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._items.maxsize)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._items.currsize)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def get(self, key: str) -> CachedImage | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        return self._items.get(key)
 
     def put(self, key: str, item: CachedImage) -> None:
         # One big image must not flush everything else out.
         if len(item.data) > self.max_bytes // 4:
             return
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.bytes -= len(old.data)
         self._items[key] = item
-        self.bytes += len(item.data)
-        while self.bytes > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self.bytes -= len(evicted.data)
 
 
 class DiskCache:
