@@ -22,7 +22,7 @@ import duckdb
 import faiss
 import numpy as np
 
-from services.search.sidecar import write_sidecar
+from collection.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from services.common.schemas.search import (
     StageTimings,
 )
 from services.common.service import BlockingPool, create_service_app
-from services.search.engine import Limits, Query, SearchEngine, SearchOutcome
-from services.search.filters import TaxonFilter
+from services.common.vocabulary import SearchParameters
+from services.search.engine import Query, SearchEngine, SearchOutcome
 from services.search.index import VectorIndex
+from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
 from services.search.settings import SearchSettings
 
@@ -60,33 +61,19 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
         cache_dir=settings.cache_dir,
     )
     metadata = MetadataStore(
-        settings.resolved_metadata_path,
-        threads=settings.duckdb_threads,
-        memory_limit=settings.duckdb_memory_limit,
-        sidecar=settings.sidecar_path,
-        use_sidecar=settings.use_sidecar,
+        settings.resolved_metadata_path, threads=settings.duckdb_threads, memory_limit=settings.duckdb_memory_limit
     )
-    limits = Limits(
-        max_candidates=settings.max_candidates,
-        max_nprobe=settings.max_nprobe,
-        max_rounds=settings.max_rounds,
-        overfetch=settings.overfetch,
-        default_ef_search=settings.default_ef_search,
-    )
-    return SearchEngine(index, metadata, limits)
+    # The one choice of how candidates are judged, made here and never again.
+    lookup = open_lookup(metadata, sidecar=settings.sidecar_path, use_sidecar=settings.use_sidecar)
+    logger.info("candidates judged by %s", lookup.name)
+    return SearchEngine(index, lookup, settings.limits())
 
 
 def to_query(body: SearchRequest, settings: SearchSettings) -> Query:
+    parameters = {name: getattr(body, name) for name in SearchParameters.model_fields}
     return Query(
+        **{**parameters, "filters": tuple(body.filters), "nprobe": body.nprobe or settings.default_nprobe},
         vectors=np.asarray(body.vectors, dtype=np.float32),
-        top_n=body.top_n,
-        nprobe=body.nprobe or settings.default_nprobe,
-        scope=body.scope,
-        filters=tuple(TaxonFilter(rank=f.rank, value=f.value) for f in body.filters),
-        min_similarity=body.min_similarity,
-        max_per_source=body.max_per_source,
-        max_per_species=body.max_per_species,
-        ef_search=body.ef_search,
     )
 
 
@@ -131,7 +118,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
         app.state.ready = True
         yield
         app.state.ready = False
-        app.state.engine.metadata.close()
+        app.state.engine.lookup.store.close()
 
     app = create_service_app(
         "search",
@@ -172,10 +159,10 @@ def create_app(settings: SearchSettings) -> FastAPI:
             nlist=index.nlist,
             default_nprobe=index.clamp_nprobe(settings.default_nprobe),
             metric=index.metric,
-            metadata_rows=engine.metadata.rows,
-            url_layout=engine.metadata.url_layout,
+            metadata_rows=engine.lookup.store.rows,
+            url_layout=engine.lookup.store.url_layout,
             coarse_quantizer=index.coarse_quantizer,
-            lookup=engine.metadata.lookup,
+            lookup=engine.lookup.name,
             reconstruct=index.reconstructs,
             max_candidates=engine.limits.max_candidates,
             max_nprobe=None if index.nlist is None else min(engine.limits.max_nprobe, index.nlist),
