@@ -293,16 +293,35 @@ class SearchParameters(BaseModel):
     )
 
 
-def vocabulary() -> dict[str, Any]:
-    """Everything above as JSON, for clients that must not repeat it (the page)."""
-    schema = SearchParameters.model_json_schema()
-    return {
-        "ranks": list(RANKS),
-        "filter_ranks": list(FILTER_RANKS),
-        "scopes": [
-            {"name": r.name, "description": r.description, "phrase": r.phrase, "label": r.label} for r in SCOPE_TABLE
-        ],
-        "image_sizes": dict(IMAGE_SIZES),
-        "stopped": dict(STOPPED),
-        "parameters": schema["properties"],
-    }
+class ScopeView(BaseModel):
+    name: str
+    description: str
+    phrase: str = Field(description="How the page says it: `N hits among {phrase}`.")
+    label: str = Field(description="The page's option text.")
+
+
+class Vocabulary(BaseModel):
+    """The terms as JSON, for clients that must not repeat them (the page builds its controls from this)."""
+
+    ranks: list[str] = Field(description="Kingdom to species, broad to specific.")
+    filter_ranks: list[str] = Field(description="The ranks a taxon filter may name.")
+    scopes: list[ScopeView] = Field(description="Which records may be hits, in the order to offer them.")
+    image_sizes: dict[str, int | None] = Field(
+        description="Size word -> default longest side in pixels (null: as published)."
+    )
+    stopped: dict[str, str] = Field(description="Why a search ended -> what it means.")
+    parameters: dict[str, Any] = Field(
+        description="The search parameters' JSON schema properties: type, default, minimum, maximum, description."
+    )
+
+
+def vocabulary(parameters: type[BaseModel] = SearchParameters) -> Vocabulary:
+    """The vocabulary document; `parameters` is the model whose fields a client sends (it may extend ours)."""
+    return Vocabulary(
+        ranks=list(RANKS),
+        filter_ranks=list(FILTER_RANKS),
+        scopes=[ScopeView(name=r.name, description=r.description, phrase=r.phrase, label=r.label) for r in SCOPE_TABLE],
+        image_sizes=dict(IMAGE_SIZES),
+        stopped=dict(STOPPED),
+        parameters=parameters.model_json_schema()["properties"],
+    )

@@ -105,7 +105,7 @@ def test_each_scope_admits_what_its_sql_selects() -> None:
 
 
 def test_the_vocabulary_document_carries_defaults_and_bounds() -> None:
-    document = vocabulary()
+    document = vocabulary().model_dump()
     top_n = document["parameters"]["top_n"]
     assert (
         top_n["default"] == SearchParameters().top_n and top_n["minimum"] == 1 and top_n["maximum"] >= top_n["default"]
