@@ -2,7 +2,7 @@
 
 The TreeOfLife files are the ones pybioclip reads (dataset `imageomics/TreeOfLife-200M`):
 `txt_emb_species.npy`, float, shape (dim, N), one text vector per species, and
-`txt_emb_species.json`, N entries `[[kingdom, phylum, class, order, family, genus, epithet], common_name]`.
+`txt_emb_species.json`, N entries `[[the seven ranks, kingdom .. species epithet], common_name]`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from services.common.errors import NotFound, Unprocessable
-from services.common.vocabulary import Stopped, TaxonFilter
+from services.common.vocabulary import SearchParameters, Stopped, TaxonFilter
 from services.search.filters import Criteria
 from services.search.index import StoredVector, VectorIndex
 from services.search.lookup import RecordLookup
@@ -42,7 +42,7 @@ class Query:
     vectors: np.ndarray
     top_n: int
     nprobe: int
-    scope: str = "all"
+    scope: str = SearchParameters.model_fields["scope"].default
     filters: tuple[TaxonFilter, ...] = ()
     min_similarity: float | None = None
     max_per_source: int | None = None

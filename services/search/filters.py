@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.vocabulary import SCOPES, TaxonFilter, species_key
+from services.common.vocabulary import SCOPES, SearchParameters, TaxonFilter, species_key
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class UnknownScope(ValueError):
 
 @dataclass(frozen=True)
 class Criteria:
-    scope: str = "all"
+    scope: str = SearchParameters.model_fields["scope"].default
     filters: tuple[TaxonFilter, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -34,7 +34,7 @@ class Criteria:
 
     @property
     def selects_all(self) -> bool:
-        return self.scope == "all" and not self.filters
+        return not SCOPES[self.scope].conditions and not self.filters
 
 
 def row_matches(row: Mapping[str, Any], criteria: Criteria) -> bool:
