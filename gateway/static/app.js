@@ -116,8 +116,8 @@
   // (genus and below are; family and above are not).
   function bestName(taxonomy) {
     const t = taxonomy || {};
+    // The server names a species by the vocabulary's one rule (genus and epithet): not redone here.
     if (t.scientific_name) return { text: t.scientific_name, italic: true };
-    if (t.genus && t.species) return { text: `${t.genus} ${t.species}`, italic: true };
     if (t.genus) return { text: `${t.genus} sp.`, italic: true };
     for (const rank of RANKS.slice(0, RANKS.indexOf("genus")).reverse()) {
       if (t[rank]) return { text: t[rank], italic: false, rank };
