@@ -33,19 +33,23 @@ CLADE_RANKS: tuple[str, ...] = RANKS[:-1]
 
 # --- Names -------------------------------------------------------------------------------------------
 
-# Characters that print as nothing: format characters (zero-width space and joiners, BOM, soft hyphen,
-# bidi marks) and controls other than whitespace. They are dropped, so a pasted name equals a typed one.
-_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn"}
+# Characters that print as nothing are dropped, so a pasted name equals a typed one: format characters
+# (zero-width space and joiners, BOM, soft hyphen, bidi marks), controls other than whitespace,
+# surrogates, private-use and unassigned code points (Unicode categories Cc, Cf, Cs, Co, Cn).
 
 
 def clean(text: str) -> str:
     """A name or query as shown and sent: NFC, invisible characters dropped, whitespace runs one space, trimmed.
 
-    Case is kept. An empty result means the text held nothing visible (see `EmptyText` callers).
+    Case is kept. An empty result means the text held nothing visible.
     """
-    text = unicodedata.normalize("NFC", text)
-    text = "".join(ch if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE else "" for ch in text)
-    return " ".join(text.split())
+    if text.isascii() and text.isprintable():
+        return " ".join(text.split())  # the common case, without the per-character pass
+    if not text.isprintable():
+        # Python's non-printable characters are exactly the categories above plus the separators,
+        # which are whitespace and kept. Dropped before composing, so the result is NFC.
+        text = "".join(ch for ch in text if ch.isprintable() or ch.isspace())
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def name_key(text: str) -> str:
@@ -54,6 +58,8 @@ def name_key(text: str) -> str:
 
     Used the same way for stored names (sidecar taxa, DuckDB rows), filters and text queries.
     """
+    if text.isascii() and text.isprintable():
+        return " ".join(text.split()).lower()  # ASCII: case folding is lower-casing
     return unicodedata.normalize("NFC", unicodedata.normalize("NFD", clean(text)).casefold())
 
 

@@ -29,6 +29,11 @@ INVISIBLE = ["\ufeff", "\u200b", "\u200c", "\u200d", "\u2060", "\x00", "\x07", "
 def test_name_key_is_idempotent(text: str) -> None:
     assert name_key(name_key(text)) == name_key(text)
     assert clean(clean(text)) == clean(text)
+    assert unicodedata.is_normalized("NFC", clean(text)) and unicodedata.is_normalized("NFC", name_key(text))
+
+
+def test_an_invisible_character_between_a_letter_and_its_accent_still_composes() -> None:
+    assert clean("e\u200d\u0301") == "\u00e9" == name_key("E\u0301")
 
 
 @given(texts)
