@@ -47,7 +47,8 @@ NO_PREFIX = 0xFFFF
 # Flag bits: the scopes' own (from the vocabulary's table), then two that say whether a value is known.
 PRESENT, HAS_URL, TRAINING = SCOPES["all"].bit, SCOPES["url_only"].bit, SCOPES["bioclip2_training"].bit
 TRAINING_KNOWN, UUID_KNOWN = 16, 32
-assert not {TRAINING_KNOWN, UUID_KNOWN} & {rule.bit for rule in SCOPES.values()}, "flag bits overlap"
+if {TRAINING_KNOWN, UUID_KNOWN} & {rule.bit for rule in SCOPES.values()}:
+    raise RuntimeError("a scope's flag bit overlaps the sidecar's own flag bits")
 BLOCK = 128  # ids per compressed block of strings: a few KB, microseconds to inflate
 SOURCE_FIELDS = ("source_dataset", "publisher", "img_type", "basis_of_record")
 FIELD_SEP = "\x1f"
