@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-fetcher clean
+.PHONY: help install run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -12,6 +12,12 @@ install: ## Create .venv and install everything (skipped when up to date)
 
 run: install ## Start the four services locally (the offline demo when no collection is configured)
 	$(PY) -m stack
+
+collection: install ## Build a collection: make collection MANIFEST=photos.csv OUT=data (python -m collection build)
+	$(PY) -m collection build --manifest $(MANIFEST) --out $(OUT)
+
+sidecar: install ## Make a metadata file's lookup sidecar: make sidecar METADATA=data/duckdb/metadata.duckdb
+	$(PY) -m collection sidecar --metadata $(METADATA) --out $(basename $(METADATA)).lookup
 
 test: install ## Lint, then run every test (unit, end-to-end)
 	$(PY) -m ruff check .

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from cachetools import LRUCache
 
+from services.common.vocabulary import name_key
+
 
 @dataclass(frozen=True)
 class CachedQuery:
@@ -25,7 +27,8 @@ def image_query_id(images: list[bytes]) -> str:
 
 
 def text_query_id(text: str) -> str:
-    return "txt-" + hashlib.sha256(text.strip().lower().encode()).hexdigest()[:32]
+    """One id per text up to the vocabulary's name key (case, Unicode form, whitespace, invisible characters)."""
+    return "txt-" + hashlib.sha256(name_key(text).encode()).hexdigest()[:32]
 
 
 def record_query_id(record_id: int) -> str:

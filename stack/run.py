@@ -54,7 +54,7 @@ def build_demo(embedder: ServiceProcess, source_url: str) -> int:
     if not (collection / INDEX_FILE).is_file() or not (collection / METADATA_FILE).is_file():
         logger.info("building the demo collection through the embedder")
         subprocess.run(
-            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+            [sys.executable, "-m", "collection", "build", "--manifest", str(manifest),
              "--embedder", embedder.url, "--out", str(collection)],
             cwd=ROOT, check=True,
         )  # fmt: skip

@@ -51,7 +51,7 @@ def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
         embedder.start()
         embedder.wait_ready()
         build = subprocess.run(
-            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+            [sys.executable, "-m", "collection", "build", "--manifest", str(manifest),
              "--embedder", embedder.url, "--out", str(work / "collection"), "--batch-size", "8"],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
         )  # fmt: skip

@@ -135,9 +135,8 @@ async def search_by_link(
     fields = _fields(request.query_params, {"q", "text", "record", "format", "download", "model", "index"})
     body = _validated(QueryRequest, {**fields, "query_id": q, "text": text, "record_id": record})
     result = await searcher.run(await _from_request(searcher, body), body)
-    dumped = result.model_dump(mode="json", by_alias=True)
     filename = f"bioclip-search-{result.query_id[:16]}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}
     if format == "csv":
-        return Response(hits_csv(dumped["hits"]), media_type="text/csv; charset=utf-8", headers=headers)
-    return Response(hits_json(dumped), media_type="application/json", headers=headers)
+        return Response(hits_csv(result.hits), media_type="text/csv; charset=utf-8", headers=headers)
+    return Response(hits_json(result), media_type="application/json", headers=headers)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import DimensionMismatch, InvalidVector
+from services.common.vocabulary import RANKS, name_key
 from services.embedder.errors import InvalidClade, UnknownClade
-from services.embedder.labels import RANKS, SPECIES, TreeOfLife, scientific_name
+from services.embedder.labels import SPECIES, TreeOfLife, species_name
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _top(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np
 def clade_mask(tree: TreeOfLife, rank: str, value: str) -> np.ndarray:
     """Which species lie within the clade `value` at `rank` (any group of that name, case-insensitive)."""
     depth = RANKS.index(rank)
-    groups = tree.ranks[depth].by_name.get(value.strip().lower())
+    groups = tree.ranks[depth].by_name.get(name_key(value))
     if not groups:
         raise UnknownClade(f"no species of {rank} {value!r} among the labels")
     return np.isin(tree.ranks[depth].ids, np.asarray(groups, dtype=np.int32))
@@ -106,7 +107,7 @@ def predict_tree_of_life(
         for group in _top(sums, k, candidates):
             path = groups.paths[group]
             if depth == SPECIES:
-                name = scientific_name(path)
+                name = species_name(path)
                 common = tree.common_names[int(groups.first[group])]
             else:
                 name, common = path[depth], None

@@ -24,10 +24,11 @@ from services.common.schemas.embedder import (
     Prediction,
     Taxonomy,
 )
+from services.common.vocabulary import RANKS, clean
 from services.embedder import classify
 from services.embedder.batching import Batcher
 from services.embedder.errors import LabelsNotConfigured
-from services.embedder.labels import RANKS, LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
+from services.embedder.labels import LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
 from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
 
@@ -104,7 +105,8 @@ class Embedder:
             return np.stack(await reservation.submit(inputs))
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        cleaned = [text.strip() for text in texts]
+        # The vocabulary's cleaning: a text of only a BOM, zero-width or control characters is blank too.
+        cleaned = [clean(text) for text in texts]
         if not all(cleaned):
             raise InvalidInput("texts must not be empty or blank", code="empty_text")
         return await self.offload(self.model.embed_texts, cleaned)

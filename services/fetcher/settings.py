@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.vocabulary import IMAGE_SIZES
 from services.fetcher.policy import DEFAULT_POLICY_KEY, DomainPolicy
 from services.fetcher.safety import IPNetwork, parse_networks
 
@@ -77,8 +78,8 @@ class FetcherSettings(ServiceSettings):
         20_000_000, ge=1, description="Largest image accepted from a source, in bytes (reading stops past it)."
     )
     max_image_pixels: int = Field(89_478_485, ge=1, description="Largest decoded image, in pixels.")
-    thumb_pixels: int = Field(256, ge=16, description="Longest side of a `thumb` image.")
-    medium_pixels: int = Field(768, ge=16, description="Longest side of a `medium` image.")
+    thumb_pixels: int = Field(IMAGE_SIZES["thumb"], ge=16, description="Longest side of a `thumb` image.")
+    medium_pixels: int = Field(IMAGE_SIZES["medium"], ge=16, description="Longest side of a `medium` image.")
     thumb_format: str = Field("WEBP", pattern="^(WEBP|JPEG)$", description="Encoding of thumb and medium images.")
     browser_cache_seconds: int = Field(86_400, ge=0, description="Cache-Control max-age for images sent.")
     domain_policies: dict[str, DomainPolicy] = Field(
@@ -140,4 +141,4 @@ class FetcherSettings(ServiceSettings):
 
     def sizes(self) -> dict[str, int | None]:
         """Longest side of each size word; None keeps the image's own size."""
-        return {"thumb": self.thumb_pixels, "medium": self.medium_pixels, "full": None}
+        return {**IMAGE_SIZES, "thumb": self.thumb_pixels, "medium": self.medium_pixels}

@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 from services.common.http_errors import Status, StatusTable
 from services.common.service import BlockingPool, create_service_app
-from services.search.engine import Limits, SearchEngine
+from services.search.engine import SearchEngine
 from services.search.errors import NoDirectMap
 from services.search.index import VectorIndex
+from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
 from services.search.routes import records, search, stats
 from services.search.settings import SearchSettings
@@ -33,20 +34,12 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
         cache_dir=settings.cache_dir,
     )
     metadata = MetadataStore(
-        settings.resolved_metadata_path,
-        threads=settings.duckdb_threads,
-        memory_limit=settings.duckdb_memory_limit,
-        sidecar=settings.sidecar_path,
-        use_sidecar=settings.use_sidecar,
+        settings.resolved_metadata_path, threads=settings.duckdb_threads, memory_limit=settings.duckdb_memory_limit
     )
-    limits = Limits(
-        max_candidates=settings.max_candidates,
-        max_nprobe=settings.max_nprobe,
-        max_rounds=settings.max_rounds,
-        overfetch=settings.overfetch,
-        default_ef_search=settings.default_ef_search,
-    )
-    return SearchEngine(index, metadata, limits)
+    # The one choice of how candidates are judged, made here and never again.
+    lookup = open_lookup(metadata, sidecar=settings.sidecar_path, use_sidecar=settings.use_sidecar)
+    logger.info("candidates judged by %s", lookup.name)
+    return SearchEngine(index, lookup, settings.limits())
 
 
 def create_app(settings: SearchSettings) -> FastAPI:
@@ -57,7 +50,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
         app.state.ready = True
         yield
         app.state.ready = False
-        app.state.engine.metadata.close()
+        app.state.engine.lookup.store.close()
 
     app = create_service_app(
         "search",

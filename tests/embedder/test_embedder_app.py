@@ -161,8 +161,10 @@ def test_too_many_images_in_one_request_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("body", "status"), [({"texts": []}, 422), ({"texts": ["  "]}, 400), ({}, 422), ({"texts": "x"}, 422)]
-)
+    ("body", "status"),
+    [({"texts": []}, 422), ({"texts": ["  "]}, 400), ({"texts": ["ok", "\ufeff\u200b\x00"]}, 400), ({}, 422),
+     ({"texts": "x"}, 422)],
+)  # fmt: skip
 def test_bad_text_requests_get_a_clear_4xx(client: TestClient, body: dict, status: int) -> None:
     response = client.post("/v1/embed/text", json=body)
     assert response.status_code == status

@@ -15,9 +15,9 @@ from services.common.schemas.search import (
     SearchResponse,
     StageTimings,
 )
+from services.common.vocabulary import SearchParameters
 from services.search.dependencies import EngineDep, PoolDep, SettingsDep
 from services.search.engine import Query, SearchOutcome
-from services.search.filters import TaxonFilter
 from services.search.settings import SearchSettings
 
 router = APIRouter(tags=["search"])
@@ -26,16 +26,10 @@ ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"m
 
 
 def to_query(body: SearchRequest, settings: SearchSettings) -> Query:
+    parameters = {name: getattr(body, name) for name in SearchParameters.model_fields}
     return Query(
+        **{**parameters, "filters": tuple(body.filters), "nprobe": body.nprobe or settings.default_nprobe},
         vectors=np.asarray(body.vectors, dtype=np.float32),
-        top_n=body.top_n,
-        nprobe=body.nprobe or settings.default_nprobe,
-        scope=body.scope,
-        filters=tuple(TaxonFilter(rank=f.rank, value=f.value) for f in body.filters),
-        min_similarity=body.min_similarity,
-        max_per_source=body.max_per_source,
-        max_per_species=body.max_per_species,
-        ef_search=body.ef_search,
     )
 
 

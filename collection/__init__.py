@@ -1,0 +1,1 @@
+"""The offline side: making a collection (index, metadata, lookup sidecar) that the search service reads."""
