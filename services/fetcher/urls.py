@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import ada_url
+import httpx
 
 from services.fetcher.errors import FetchFailed
 
@@ -51,7 +52,8 @@ def parse_source_url(text: str, base: str | None = None) -> SourceURL:
     """`text` parsed against `base` (a redirect's Location against the URL that sent it).
 
     Raises UnfetchableURL (a FetchFailed, bad_url) for what the WHATWG parser refuses, a scheme other than http(s),
-    or a host that DNS cannot name (an empty label, a label over 63 characters, a name over 253).
+    a host that DNS cannot name (an empty label, a label over 63 characters, a name over 253), or
+    one the HTTP client cannot request (a punycode label that is not valid IDNA 2008).
     """
     try:
         parsed = ada_url.URL(text, base) if base is not None else ada_url.URL(text)
@@ -67,8 +69,15 @@ def parse_source_url(text: str, base: str | None = None) -> SourceURL:
     if parsed.host_type == ada_url.HostType.DEFAULT:  # a domain, not an address literal
         _check_dns_name(host)
     parsed.hash = ""  # never sent to a server; dropping it makes equal URLs equal
+    href = parsed.href
+    try:
+        # The HTTP client checks punycode labels by IDNA 2008, stricter than the WHATWG's UTS 46
+        # (an emoji domain passes one and not the other): what it cannot request is refused here.
+        httpx.URL(href).host  # noqa: B018 - decodes the host, raising on what httpx refuses
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise UnfetchableURL("host", f"the host {host[:100]!r} cannot be requested: {exc}") from None
     port = int(parsed.port) if parsed.port else None
-    return SourceURL(href=parsed.href, scheme=scheme, host=host, port=port)
+    return SourceURL(href=href, scheme=scheme, host=host, port=port)
 
 
 def _check_dns_name(host: str) -> None:
