@@ -155,7 +155,10 @@ class BudgetStore:
 
     def settle(self, row: int, nbytes: int) -> None:
         """Set the reservation to what was received (queued; does not wait, so it is safe in a finally)."""
-        self._worker.submit(self._settle, row, nbytes)
+        try:
+            self._worker.submit(self._settle, row, nbytes)
+        except RuntimeError:  # closed: the reservation stays counted in full
+            logger.warning("budget reservation %d settled after the store closed; it counts in full", row)
 
     async def close(self) -> None:
         await self._call(self._close)

@@ -176,7 +176,7 @@ def test_the_byte_budget_refuses_the_fetch_that_could_pass_it_then_slides(
 
 
 def test_the_byte_budget_survives_a_restart(tmp_path: Path, source: Source, noisy_images: list[str]) -> None:
-    settings = _budget_settings(tmp_path, seconds=600).model_copy(update={"budget_save_seconds": 600})
+    settings = _budget_settings(tmp_path, seconds=600)
     with _app(settings) as client:
         for url in noisy_images[:3]:
             assert client.get("/v1/image", params={"url": url}).status_code == 200
