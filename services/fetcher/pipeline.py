@@ -163,7 +163,7 @@ class ImagePipeline:
                     raise
                 logger.info("%s failed (%s); fetching %s as named", smaller, exc.code, url.href)
         try:
-            return await self._download(url.href)
+            return await self._download(url)
         except FetchFailed as exc:
             if exc.code != "too_large":
                 raise
@@ -176,8 +176,10 @@ class ImagePipeline:
                         raise
             raise
 
-    async def _download(self, url: str) -> Fetched:
-        fetched, _ = await self.downloads.run(url, lambda: self.fetcher.fetch(url))
+    async def _download(self, url: SourceURL | str) -> Fetched:
+        """One download per URL at a time; a rendition's URL (str) is parsed by the fetcher."""
+        key = url.href if isinstance(url, SourceURL) else url
+        fetched, _ = await self.downloads.run(key, lambda: self.fetcher.fetch(url))
         return fetched
 
     async def batch(self, request: BatchRequest) -> BatchResponse:
