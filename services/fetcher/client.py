@@ -122,14 +122,12 @@ class ImageFetcher:
         self.remembered: TLRUCache[str, _Remembered] = TLRUCache(
             maxsize=settings.negative_cache_entries, ttu=lambda _key, value, _now: value.until, timer=time.monotonic
         )
-        self.remembered_hits = 0
 
     async def fetch(self, url: SourceURL | str) -> Fetched:
         """The bytes at `url`, or FetchFailed with a status word (bad_url when it cannot be parsed)."""
         source = url if isinstance(url, SourceURL) else parse_source_url(url)
         remembered = self.remembered.get(source.href)
         if remembered is not None:
-            self.remembered_hits += 1
             left = remembered.until - time.monotonic()
             raise FetchFailed(remembered.code, f"{remembered.message} (remembered; asked again in {left:.0f} s)")
         try:
