@@ -3,21 +3,22 @@ politeness book; routers per resource."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.common.errors import DomainError
 from services.common.http_errors import Status, StatusTable
 from services.common.service import BlockingPool, create_service_app
+from services.fetcher.budgets import BudgetStore
 from services.fetcher.cache import DiskCache, MemoryCache
 from services.fetcher.client import ImageFetcher
 from services.fetcher.errors import FetchFailed
 from services.fetcher.pipeline import ImagePipeline
-from services.fetcher.policy import PolicyBook, keep_budgets_saved, save_budgets
+from services.fetcher.policy import PolicyBook
 from services.fetcher.routes import images, stats
 from services.fetcher.safety import AddressGuard, Resolver
 from services.fetcher.settings import FetcherSettings
@@ -26,7 +27,6 @@ from services.fetcher.transport import make_source_client
 
 logger = logging.getLogger(__name__)
 
-BUDGETS_FILE = "budgets.json"
 
 # Each status word's HTTP status: the one place the fetcher's errors meet HTTP.
 FETCH_STATUS = {
@@ -56,16 +56,20 @@ def create_app(settings: FetcherSettings, *, resolver: Resolver | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = BlockingPool(settings.blocking_threads)
-        book = PolicyBook(settings.domain_policies)
-        budgets_path = settings.cache_dir / BUDGETS_FILE
-        await pool.run(book.load_budgets, budgets_path)
+        store = BudgetStore(settings.budget_store_path(), keep_seconds=0)
+        book = PolicyBook(settings.domain_policies, store)
+        store.keep_seconds = book.longest_window()
+        try:
+            book.restore(await store.open())
+        except (OSError, sqlite3.Error) as exc:
+            # Fail closed: domains with budgets are refused (their budget cannot be kept); others are served.
+            logger.error("cannot keep the byte budgets at %s (%s): domains with budgets are refused", store.path, exc)
         disk = DiskCache(settings.cache_dir, settings.cache_max_bytes)
         await pool.run(disk.open)
         client = make_source_client(settings, AddressGuard(settings.allowed_networks(), resolver))
         fetcher = ImageFetcher(client, settings, book, Ledger(settings.recent_errors))
         pipeline = ImagePipeline(fetcher, MemoryCache(settings.memory_cache_bytes), disk, pool, settings)
         app.state.pipeline = pipeline
-        saver = asyncio.create_task(keep_budgets_saved(book, budgets_path, settings.budget_save_seconds, pool.run))
         app.state.ready = True
         async with client:
             try:
@@ -74,10 +78,7 @@ def create_app(settings: FetcherSettings, *, resolver: Resolver | None = None) -
                 app.state.ready = False
                 await pipeline.renders.cancel_all()
                 await pipeline.downloads.cancel_all()
-                saver.cancel()
-                with suppress(asyncio.CancelledError):
-                    await saver
-                await save_budgets(book, budgets_path, pool.run)
+                await store.close()
 
     app = create_service_app(
         "fetcher",

@@ -1,5 +1,6 @@
 """What the fetcher may fetch: URL schemes, the addresses it may connect to, what counts as an image.
 
+URLs themselves are parsed and normalised in urls.py before anything here sees them.
 The fetcher fetches URLs that come from a collection, which anyone may have built: a URL (or a
 redirect, or a DNS answer) must not turn it into a way to reach the machine it runs on, its
 private network or a cloud metadata service. Every address a host resolves to is checked here,
@@ -12,7 +13,6 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from urllib.parse import urlsplit
 
 import anyio
 
@@ -54,21 +54,6 @@ MAGIC_BYTES_NEEDED = 12
 
 # Content types that may carry an image: S3 and some CDNs label everything octet-stream.
 _IMAGE_LIKE_TYPES = ("application/octet-stream", "binary/octet-stream")
-
-
-def check_url(url: str) -> str:
-    """The URL's host (lower case), or bad_url when it is not http(s) with a host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise FetchFailed("bad_url", f"the URL cannot be parsed: {exc}") from exc
-    if parts.scheme not in ("http", "https"):
-        raise FetchFailed("bad_url", f"only http and https URLs can be fetched, not {parts.scheme or 'no scheme'!r}")
-    if not host:
-        raise FetchFailed("bad_url", "the URL has no host")
-    return host.lower()
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
