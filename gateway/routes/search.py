@@ -39,12 +39,22 @@ _FORM_FIELDS = {
         if name != "filters"
     },
 }
+
+
+def _json_body_schema() -> dict[str, Any]:
+    """QueryRequest's schema with its references into the document's components (where the response
+    models already put TaxonFilter): a `#/$defs/...` reference is not resolvable in an OpenAPI document."""
+    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
+
 _BODIES = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}},
-            "application/json": {"schema": QueryRequest.model_json_schema(ref_template="#/$defs/{model}")},
+            "application/json": {"schema": _json_body_schema()},
         },
     }
 }

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.docs import install_offline_docs
 from services.common.http_errors import StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
@@ -126,7 +127,10 @@ def create_service_app(
     `max_body_bytes` refuses larger request bodies with 413 while they stream in. `errors` maps the
     service's own domain errors to HTTP statuses, on top of the shared kinds (services/common/http_errors.py).
     """
-    app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
+    # /docs and /redoc come from install_offline_docs: FastAPI's own load their files from a CDN.
+    app = FastAPI(
+        title=title, version=version, description=description, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.ready = False
     app.state.not_ready_reason = "starting"
     # Set by an app that cannot go on after start-up; `serve` then stops it and exits with 1.
@@ -141,4 +145,5 @@ def create_service_app(
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(operations_router(service, metrics))
+    install_offline_docs(app)
     return app
