@@ -15,8 +15,9 @@ from services.search.errors import NoDirectMap
 from services.search.index import VectorIndex
 from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
-from services.search.routes import records, search, stats
+from services.search.routes import records, search, stats, taxa
 from services.search.settings import SearchSettings
+from services.search.taxa import TaxonIndex
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,19 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
     return SearchEngine(index, lookup, settings.limits())
 
 
+def open_taxa(engine: SearchEngine) -> TaxonIndex:
+    """Every taxon name of the collection, with counts, from one GROUP BY over the metadata."""
+    names = TaxonIndex.from_rows(engine.lookup.store.taxon_rows())
+    logger.info("taxon names: %d", len(names))
+    return names
+
+
 def create_app(settings: SearchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = BlockingPool(settings.blocking_threads)
         app.state.engine = await app.state.pool.run(open_engine, settings)
+        app.state.taxa = await app.state.pool.run(open_taxa, app.state.engine)
         app.state.ready = True
         yield
         app.state.ready = False
@@ -65,4 +74,5 @@ def create_app(settings: SearchSettings) -> FastAPI:
     app.include_router(search.router)
     app.include_router(records.router)
     app.include_router(stats.router)
+    app.include_router(taxa.router)
     return app

@@ -10,6 +10,7 @@ from services.common.errors import NotReady
 from services.common.service import BlockingPool
 from services.search.engine import SearchEngine
 from services.search.settings import SearchSettings
+from services.search.taxa import TaxonIndex
 
 
 def get_engine(request: Request) -> SearchEngine:
@@ -17,6 +18,13 @@ def get_engine(request: Request) -> SearchEngine:
     if engine is None:
         raise NotReady("the index and metadata are not loaded yet")
     return engine
+
+
+def get_taxa(request: Request) -> TaxonIndex:
+    taxa = getattr(request.app.state, "taxa", None)
+    if taxa is None:
+        raise NotReady("the taxon names are not loaded yet")
+    return taxa
 
 
 def get_pool(request: Request) -> BlockingPool:
@@ -30,3 +38,4 @@ def get_settings(request: Request) -> SearchSettings:
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 PoolDep = Annotated[BlockingPool, Depends(get_pool)]
 SettingsDep = Annotated[SearchSettings, Depends(get_settings)]
+TaxaDep = Annotated[TaxonIndex, Depends(get_taxa)]

@@ -108,6 +108,24 @@ class MetadataStore:
             cursor.close()
         return rows
 
+    def taxon_rows(self) -> list[tuple[tuple[str | None, ...], int]]:
+        """One row per distinct taxonomy: the FILTER_RANKS' values (None where the column is absent) and
+        how many records carry it. For the taxon-name index (services/search/taxa.py)."""
+        present = [rank for rank in FILTER_RANKS if rank in self._columns]
+        if not present:
+            return []
+        columns = ", ".join(f'"{rank}"' for rank in present)
+        cursor = self._conn.cursor()
+        try:
+            found = cursor.execute(f"SELECT {columns}, count(*) FROM metadata GROUP BY ALL").fetchall()
+        finally:
+            cursor.close()
+        rows: list[tuple[tuple[str | None, ...], int]] = []
+        for values in found:
+            named = dict(zip(present, values[:-1], strict=True))
+            rows.append((tuple(named.get(rank) for rank in FILTER_RANKS), int(values[-1])))
+        return rows
+
     def fetch_plan(self, ids: Iterable[int], *, narrow: bool = False) -> str:
         """DuckDB's executed plan for a row lookup (tests and the benchmark check that it is an index scan).
 

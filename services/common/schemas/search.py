@@ -134,3 +134,20 @@ class SearchStats(BaseModel):
     reconstruct: bool = Field(True, description="Whether GET /v1/records/{id}/vector can answer.")
     max_candidates: int = Field(10_000, description="Most neighbours one query may examine (the fill bound).")
     max_nprobe: int | None = Field(None, description="Most IVF lists one query may visit (the fill bound).")
+
+
+class TaxonSuggestion(BaseModel):
+    """A name the collection holds, at one rank, with how many records carry it."""
+
+    name: str = Field(description="As the collection spells it; at `species`, genus and epithet.")
+    rank: FilterRank = Field(description="The rank it names (a taxon filter's rank).")
+    count: int = Field(ge=0, description="Records carrying this name at this rank.")
+
+
+class TaxonSuggestions(BaseModel):
+    """Names starting with a prefix (compared by the vocabulary's name key), most frequent first."""
+
+    taxa: list[TaxonSuggestion]
+    nearest: bool = Field(
+        description="True when no name starts with the prefix: these share the longest part of it that some name has."
+    )
