@@ -19,7 +19,7 @@ from gateway.settings import GatewaySettings
 from services.common.errors import DomainError
 from services.common.http import raise_for_upstream, upstream
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
-from services.common.schemas.search import Record, SearchRequest, SearchResponse
+from services.common.schemas.search import Record, SearchRequest, SearchResponse, TaxonSuggestions
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,13 @@ class ServiceClients:
                 ) from exc
             raise
         return SearchResponse.model_validate(response.json())
+
+    async def taxa(self, prefix: str, rank: str | None, limit: int) -> TaxonSuggestions:
+        params: dict[str, str | int] = {"prefix": prefix, "limit": limit}
+        if rank:
+            params["rank"] = rank
+        response = await self._call("search", "GET", "/v1/taxa", self.settings.search_timeout, params=params)
+        return TaxonSuggestions.model_validate(response.json())
 
     async def record(self, record_id: int) -> Record:
         response = await self._call("search", "GET", f"/v1/records/{record_id}", self.settings.search_timeout)

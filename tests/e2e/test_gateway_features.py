@@ -125,3 +125,17 @@ def test_permalink_reproduces_the_search_and_exports_csv(stack: Stack) -> None:
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert [int(r["record_id"]) for r in rows] == [h["record_id"] for h in body["hits"]]
     assert all(r["image_url"].startswith("http://127.0.0.1") for r in rows)
+
+
+def test_taxon_names_are_suggested_from_the_collection_with_counts(stack: Stack) -> None:
+    genus = stack.rows[0]["genus"]
+    expected = sum(1 for row in stack.rows if row["genus"] == genus)
+    answer = httpx.get(
+        stack.gateway.url + "/api/taxa", params={"prefix": genus[:3].upper(), "rank": "genus"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    found = {taxon["name"]: taxon for taxon in answer.json()["taxa"]}
+    assert found[genus] == {"name": genus, "rank": "genus", "count": expected}
+    assert all(name.lower().startswith(genus[:3].lower()) for name in found)
+    nearest = httpx.get(stack.gateway.url + "/api/taxa", params={"prefix": genus + "xq", "rank": "genus"}, timeout=10)
+    assert nearest.json()["nearest"] is True and genus in {t["name"] for t in nearest.json()["taxa"]}

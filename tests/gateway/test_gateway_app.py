@@ -143,3 +143,15 @@ def test_bad_filter_in_a_query_string_gets_422(client: TestClient) -> None:
     response = client.get("/api/search", params={"text": "Apis", "filter": "tribe:Danaini"})
     assert response.status_code == 422
     assert "filter" in response.json()["error"]["message"]
+
+
+def test_taxon_suggestions_name_the_search_service_when_it_is_down(client: TestClient) -> None:
+    response = client.get("/api/taxa", params={"prefix": "Dan"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "search_unavailable"
+
+
+@pytest.mark.parametrize("params", [{"rank": "tribe"}, {"limit": "0"}, {"limit": "51"}, {"prefix": "x" * 201}])
+def test_bad_taxon_suggestion_requests_get_422(client: TestClient, params: dict[str, str]) -> None:
+    response = client.get("/api/taxa", params=params)
+    assert response.status_code == 422 and response.json()["error"]["code"]

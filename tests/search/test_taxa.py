@@ -43,7 +43,7 @@ def test_a_prefix_finds_names_at_every_rank_most_frequent_first() -> None:
 
 
 def test_names_are_compared_by_the_name_key_and_counts_add_up() -> None:
-    index = TaxonIndex.from_rows(ROWS + [(taxonomy("ANIMALIA"), 10)])
+    index = TaxonIndex.from_rows([*ROWS, (taxonomy("ANIMALIA"), 10)])
     found = index.suggest("  ANIM", rank="kingdom")
     assert [(t.name, t.count) for t in found.taxa] == [("Animalia", 24)]
 
