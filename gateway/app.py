@@ -14,7 +14,7 @@ from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.routes import health, records, search, taxa, vocabulary
+from gateway.routes import examples, health, queries, records, search, taxa, vocabulary
 from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
@@ -66,6 +66,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(vocabulary.router)
     app.include_router(taxa.router)
+    app.include_router(examples.router)
+    app.include_router(queries.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The page lives at / and its files under /static, so /api paths never fall through to files.

@@ -18,6 +18,7 @@ class CachedQuery:
     kind: str  # image, text, record
     vector: np.ndarray
     label: str  # what the query was, for people: file names, the text, the record id
+    preview: bytes | None = None  # a photo query's first photo as a small JPEG (gateway/previews.py)
 
 
 def image_query_id(images: list[bytes]) -> str:

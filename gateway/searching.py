@@ -8,8 +8,11 @@ import logging
 import time
 from urllib.parse import urlencode
 
+import anyio
+
 from gateway.clients import ServiceClients
 from gateway.errors import QueryExpired
+from gateway.previews import query_preview
 from gateway.query_cache import (
     CachedQuery,
     QueryCache,
@@ -52,7 +55,8 @@ class Searcher:
             return cached
         embedded = await self.clients.embed_images(uploads)
         label = ", ".join(name for name, _, _ in uploads)
-        return self.cache.put(CachedQuery(query_id, "image", mean_direction(embedded.vectors), label))
+        preview = await anyio.to_thread.run_sync(query_preview, uploads[0][1], uploads[0][0])
+        return self.cache.put(CachedQuery(query_id, "image", mean_direction(embedded.vectors), label, preview))
 
     async def text_query(self, text: str) -> CachedQuery:
         text = clean(text)  # the vocabulary's cleaning, so a BOM or zero-width characters alone are blank

@@ -34,5 +34,11 @@ class GatewaySettings(ServiceSettings):
         False, description="Key rate limits on X-Forwarded-For (only behind a proxy that sets it)."
     )
     predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
+    example_records: list[int] = Field(
+        default_factory=list,
+        description="Record ids the page offers as examples to search from (a JSON list); empty: the first "
+        "records with an image.",
+    )
+    examples: int = Field(4, ge=0, le=12, description="How many examples the page offers (0: none).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")

@@ -14,7 +14,7 @@
   let SCOPE_PHRASES = {};
   let DEFAULTS = {};
   // Parameters a permalink may carry that the page has no control for; kept so re-runs keep them.
-  const PASSED_THROUGH = ["max_per_source", "max_per_species", "predict"];
+  const PASSED_THROUGH = ["predict"];
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -32,6 +32,12 @@
     rank: $("rank"),
     nprobe: $("nprobe"),
     minSimilarity: $("min-similarity"),
+    maxPerSpecies: $("max-per-species"),
+    maxPerSource: $("max-per-source"),
+    textSuggestions: $("text-suggestions"),
+    filterSuggestions: $("filter-suggestions"),
+    examples: $("examples"),
+    examplesList: $("examples-list"),
     filters: $("filters"),
     status: $("status"),
     error: $("error"),
@@ -197,7 +203,8 @@
       504: "A service took too long to answer.",
     };
     if (!message) message = generic[response.status] || `The server answered ${response.status} ${response.statusText}`.trim() + ".";
-    message = sentence(message);
+    // The server's words as it wrote them (a file or field name keeps its case); only the stop is added.
+    message = withStop(message);
     if (response.status === 429) {
       const wait = Number(response.headers.get("Retry-After"));
       message += Number.isFinite(wait) && wait > 0 ? ` Try again in ${plural(Math.ceil(wait), "second")}.` : " Try again in a minute.";
@@ -207,11 +214,9 @@
     return { status: response.status, code, message };
   }
 
-  function sentence(text) {
+  function withStop(text) {
     const trimmed = String(text).trim();
-    if (!trimmed) return trimmed;
-    const first = trimmed[0].toUpperCase() + trimmed.slice(1);
-    return /[.!?…]$/.test(first) ? first : `${first}.`;
+    return !trimmed || /[.!?…]$/.test(trimmed) ? trimmed : `${trimmed}.`;
   }
 
   // ---------- reading the controls ----------
@@ -235,7 +240,7 @@
   }
 
   // The controls whose change re-runs the current search.
-  const optionControls = [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.filters];
+  const optionControls = [els.scope, els.topN, els.rank, els.nprobe, els.minSimilarity, els.maxPerSpecies, els.maxPerSource, els.filters];
 
   // The option controls' raw values as one string, to tell whether any has changed.
   function controlValues() {
@@ -249,6 +254,8 @@
       [els.topN, `Results must be a whole number from ${els.topN.min} to ${els.topN.max}.`],
       [els.nprobe, `nprobe must be a whole number of at least ${els.nprobe.min}, or blank.`],
       [els.minSimilarity, `Min. similarity must be a number from ${els.minSimilarity.min} to ${els.minSimilarity.max}, or blank.`],
+      [els.maxPerSpecies, `Per species must be a whole number from ${els.maxPerSpecies.min} to ${els.maxPerSpecies.max}, or blank.`],
+      [els.maxPerSource, `Per source record must be a whole number from ${els.maxPerSource.min} to ${els.maxPerSource.max}, or blank.`],
     ];
     for (const [input, message] of checks) {
       if (!input.checkValidity()) {
@@ -272,6 +279,8 @@
       scope: els.scope.value,
       rank: els.rank.value,
       min_similarity: number(els.minSimilarity),
+      max_per_species: number(els.maxPerSpecies),
+      max_per_source: number(els.maxPerSource),
       filters,
       ...passedThrough,
     };
@@ -424,6 +433,8 @@
     lastResult = result;
     renderResult(result);
     setStatus(summary(result));
+    revealResults();
+    explainEmptyFilters(result);
     if (typeof result.permalink === "string" && result.permalink.startsWith("/")) {
       history.replaceState(null, "", result.permalink);
     }
@@ -580,9 +591,9 @@
     for (const node of nodes) {
       const li = el("li");
       const label = el("span", "tree-label");
-      label.append(el("span", "rank-label", `${node.rank} `), taxonNode(node.name, node.rank));
+      label.append(el("span", "rank-label", `${node.rank} `), treeFilterButton(node));
       const count = el("span", "count", String(node.count));
-      count.setAttribute("aria-label", plural(node.count, "hit"));
+      count.append(el("span", "visually-hidden", node.count === 1 ? " hit" : " hits"));
       count.title = plural(node.count, "hit");
       if (Array.isArray(node.children) && node.children.length) {
         const details = el("details");
@@ -614,14 +625,10 @@
     card.type = "button";
     card.dataset.recordId = String(hit.record_id);
 
-    const name = bestName(taxonomy);
-    const label = [`Rank ${hit.rank}`, name.text, taxonomy.common_name, `similarity ${formatSimilarity(hit.similarity)}`]
-      .filter(Boolean)
-      .join(", ");
-    card.setAttribute("aria-label", `${label}. Show details.`);
-
+    // The card's accessible name is its visible text (rank, names, similarity): no aria-label that
+    // would say it differently. The thumbnail's alt is empty: the name is already in the text.
     const figure = el("span", "thumb");
-    figure.append(imageOrPlaceholder(hit.thumbnail_url, name.text, true));
+    figure.append(imageOrPlaceholder(hit.thumbnail_url, "", true));
     figure.append(el("span", "rank", `#${hit.rank}`));
 
     const text = el("span", "hit-text");
@@ -646,16 +653,14 @@
 
     els.detailTitle.replaceChildren(nameNode(taxonomy, "sci-name"));
 
-    const figure = el("figure", "detail-figure");
-    figure.append(imageOrPlaceholder(hit.medium_url, name.text, false));
-    if (taxonomy.common_name) figure.append(el("figcaption", "common-name", taxonomy.common_name));
+    const figure = compareFigures(hit, name);
 
     const info = el("div", "detail-info");
     const searchFrom = el("button", "button search-from", "Search from this");
     searchFrom.type = "button";
     searchFrom.id = "search-from";
     searchFrom.addEventListener("click", () => searchFromRecord(hit));
-    info.append(taxonomyTable(taxonomy), sourceList(hit));
+    info.append(hitPosition(hit), taxonomyTable(taxonomy), sourceList(hit));
     const links = linkList(hit);
     if (links) info.append(links);
     info.append(searchFrom);
@@ -715,7 +720,7 @@
   function linkList(hit) {
     const items = [
       ["original image", hit.image_url],
-      ["source record", hit.source_record_url],
+      ["source record (its page gives the image's licence and rights holder)", hit.source_record_url],
     ].filter(([, href]) => safeHref(href));
     if (!items.length) return null;
     const list = el("ul", "links");
@@ -855,6 +860,8 @@
     els.topN.value = params.has("top_n") ? params.get("top_n") : String(DEFAULTS.top_n);
     set(els.nprobe, "nprobe");
     set(els.minSimilarity, "min_similarity");
+    els.maxPerSpecies.value = params.get("max_per_species") || "";
+    els.maxPerSource.value = params.get("max_per_source") || "";
     if (params.has("scope") && [...els.scope.options].some((o) => o.value === params.get("scope"))) set(els.scope, "scope");
     if (params.has("rank") && RANKS.includes(params.get("rank"))) set(els.rank, "rank");
     els.filters.value = params.getAll("filter").join(", ");
@@ -864,7 +871,258 @@
     }
     if (params.has("text")) els.textInput.value = params.get("text");
     if (params.has("record")) showPreviews([], `From record ${params.get("record")}.`);
+    // A photo link: the gateway keeps a small copy of the photo while it holds the query.
+    if (params.has("q")) {
+      showPreviews([{ src: `${API}/queries/${encodeURIComponent(params.get("q"))}/preview`, alt: "The photo behind this link" }], "The photo behind this link.");
+    }
     return true;
+  }
+
+  // ---------- phone: the hits first ----------
+
+  // On a narrow screen the photo and the options fill the first screen: after a search, bring the
+  // result bar (the query, its actions) and the first hits into view. The hits come before the
+  // prediction and the tree there (style.css), so nothing else is between.
+  function revealResults() {
+    if (!window.matchMedia("(max-width: 800px)").matches) return;
+    const bar = els.outcome.querySelector(".result-bar");
+    if (bar) bar.scrollIntoView({ block: "start", behavior: "instant" });
+  }
+
+  // ---------- comparing a hit with the query ----------
+
+  // The query's photo (the first one chosen, a record's thumbnail, or the server's preview of a
+  // photo behind a link) beside the hit's image, the same size, as identifiers compare them.
+  function compareFigures(hit, name) {
+    const pair = el("div", "compare");
+    const querySrc = !els.previews.hidden && !els.preview.hidden ? els.preview.getAttribute("src") : null;
+    if (querySrc) {
+      const mine = el("figure", "detail-figure compare-query");
+      const img = el("img");
+      img.alt = els.preview.alt || "The photo you searched with";
+      img.src = querySrc;
+      mine.append(img, el("figcaption", null, "Your query"));
+      pair.append(mine);
+    } else {
+      pair.classList.add("single");
+    }
+    const theirs = el("figure", "detail-figure compare-hit");
+    theirs.append(imageOrPlaceholder(hit.medium_url, name.text, false));
+    const caption = el("figcaption", null, `Hit #${hit.rank}`);
+    if ((hit.taxonomy || {}).common_name) caption.append(el("span", "common-name", hit.taxonomy.common_name));
+    theirs.append(caption);
+    pair.append(theirs);
+    return pair;
+  }
+
+  function hitPosition(hit) {
+    const hits = lastResult && Array.isArray(lastResult.hits) ? lastResult.hits : [];
+    const at = hits.findIndex((h) => h.record_id === hit.record_id && h.rank === hit.rank);
+    return el("p", "hit-position muted", at >= 0 ? `Hit ${at + 1} of ${hits.length} (← → for the previous and next)` : "");
+  }
+
+  // ← and → in the open detail move to the previous and next hit.
+  function stepDetail(step) {
+    const hits = lastResult && Array.isArray(lastResult.hits) ? lastResult.hits : [];
+    const cards = [...els.results.querySelectorAll(".hit")];
+    const at = cards.indexOf(detailOpener);
+    const next = at + step;
+    if (at < 0 || next < 0 || next >= hits.length || !cards[next]) return;
+    openDetail(hits[next], cards[next]);
+  }
+
+  // ---------- taxon names from the collection ----------
+
+  let suggesting = null;
+
+  // Asks the gateway for names starting with `prefix` (at `rank`, or any); [] on any failure,
+  // since a suggestion is a help, never a reason to show an error.
+  async function fetchTaxa(prefix, rank, limit) {
+    const params = new URLSearchParams({ prefix, limit: String(limit || 8) });
+    if (rank) params.set("rank", rank);
+    try {
+      const response = await fetch(`${API}/taxa?${params}`);
+      if (!response.ok) return { taxa: [], nearest: false };
+      return await response.json();
+    } catch {
+      return { taxa: [], nearest: false };
+    }
+  }
+
+  function taxonLabel(taxon) {
+    const rank = taxon.rank === "common_name" ? "common name" : taxon.rank;
+    return `${rank} · ${plural(taxon.count, "record")}`;
+  }
+
+  // Fills a <datalist> while the user types: the browser shows the options matching the text.
+  function suggestWhileTyping(input, list, request) {
+    let timer = null;
+    input.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const wanted = request(input.value);
+        if (!wanted) {
+          list.replaceChildren();
+          return;
+        }
+        const seq = (suggesting = Symbol("suggest"));
+        const found = await fetchTaxa(wanted.prefix, wanted.rank, 8);
+        if (seq !== suggesting) return; // a newer keystroke owns the list
+        list.replaceChildren(...found.taxa.map((taxon) => suggestionOption(wanted.value(taxon), taxonLabel(taxon))));
+      }, 120);
+    });
+  }
+
+  function suggestionOption(value, label) {
+    const o = el("option");
+    o.value = value;
+    o.label = label;
+    return o;
+  }
+
+  function wireSuggestions() {
+    // The name box: any rank; a suggestion is the name itself.
+    suggestWhileTyping(els.textInput, els.textSuggestions, (text) => {
+      const prefix = text.trim();
+      return prefix.length >= 2 ? { prefix, rank: null, value: (taxon) => taxon.name } : null;
+    });
+    // The filter box: the part after the last comma, "rank:start" or just the start of a name.
+    suggestWhileTyping(els.filters, els.filterSuggestions, (text) => {
+      const cut = text.lastIndexOf(",");
+      const head = cut >= 0 ? `${text.slice(0, cut + 1)} ` : "";
+      const part = text.slice(cut + 1).trim();
+      const colon = part.indexOf(":");
+      const rank = colon > 0 ? part.slice(0, colon).trim().toLowerCase().replace(/\s+/g, "_") : null;
+      const prefix = colon > 0 ? part.slice(colon + 1).trim() : part;
+      if ((rank && !FILTER_RANKS.includes(rank)) || prefix.length < (rank ? 1 : 2)) return null;
+      return { prefix, rank, value: (taxon) => `${head}${taxon.rank}:${taxon.name}` };
+    });
+  }
+
+  // A node of the hits' tree is a button that keeps only that taxon (a filter added to the box).
+  function treeFilterButton(node) {
+    const button = el("button", "tree-filter");
+    button.type = "button";
+    button.title = `Only ${node.rank} ${node.name}`;
+    button.append(taxonNode(node.name, node.rank));
+    button.addEventListener("click", (event) => {
+      event.preventDefault(); // inside a <summary>: filter, don't toggle
+      event.stopPropagation();
+      addFilter(node.rank, node.name);
+    });
+    return button;
+  }
+
+  function addFilter(rank, name) {
+    const filter = `${rank}:${name}`;
+    const kept = els.filters.value
+      .split(",")
+      .map((part) => part.trim())
+      .filter((part) => part && !part.toLowerCase().startsWith(`${rank}:`));
+    els.filters.value = [...kept, filter].join(", ");
+    if (current) runSearch(current);
+  }
+
+  // A search with taxon filters that found nothing: say which filter names nothing in the
+  // collection, and offer the nearest names the collection has.
+  async function explainEmptyFilters(result) {
+    const params = result.parameters || {};
+    const filters = Array.isArray(params.filters) ? params.filters : [];
+    if (!filters.length || (Array.isArray(result.hits) && result.hits.length)) return;
+    const seq = searchSeq;
+    const notes = [];
+    for (const filter of filters) {
+      const found = await fetchTaxa(filter.value, filter.rank, 5);
+      const exact = found.taxa.some((taxon) => taxon.name.toLowerCase() === String(filter.value).toLowerCase());
+      if (!exact) notes.push({ filter, taxa: found.taxa });
+    }
+    if (seq !== searchSeq || !notes.length) return;
+    const box = el("div", "no-match");
+    for (const { filter, taxa } of notes) {
+      const line = el("p", null, `No record in the collection has ${filter.rank} “${filter.value}”.`);
+      if (taxa.length) {
+        line.append(" Nearest names: ");
+        taxa.forEach((taxon, n) => {
+          const button = el("button", "link-button", taxon.name);
+          button.type = "button";
+          button.title = taxonLabel(taxon);
+          button.addEventListener("click", () => replaceFilter(filter, taxon));
+          line.append(button, n < taxa.length - 1 ? ", " : ".");
+        });
+      }
+      box.append(line);
+    }
+    els.results.append(box);
+  }
+
+  function replaceFilter(old, taxon) {
+    const kept = els.filters.value
+      .split(",")
+      .map((part) => part.trim())
+      .filter((part) => part && part.toLowerCase() !== `${old.rank}:${old.value}`.toLowerCase());
+    els.filters.value = [...kept, `${taxon.rank}:${taxon.name}`].join(", ");
+    if (current) runSearch(current);
+  }
+
+  // ---------- examples, exports ----------
+
+  // A few records of the collection to search from, for a first visit without a photo at hand.
+  async function loadExamples() {
+    let records = [];
+    try {
+      const response = await fetch(`${API}/examples`);
+      if (response.ok) records = await response.json();
+    } catch {
+      return; // examples are a help: without them the page works as before
+    }
+    if (!Array.isArray(records) || !records.length) return;
+    els.examplesList.replaceChildren(
+      ...records.map((record) => {
+        const name = bestName(record.taxonomy);
+        const button = el("button", "example");
+        button.type = "button";
+        button.append(imageOrPlaceholder(record.thumbnail_url, "", true), el("span", "example-name", name.text));
+        button.addEventListener("click", () => searchFromRecord(record));
+        const li = el("li");
+        li.append(button);
+        return li;
+      }),
+    );
+    els.examples.hidden = false;
+  }
+
+  // The export links fetch first, so a refusal (too many searches, a service down) is said on the
+  // page instead of saving an error as the file or failing silently.
+  async function downloadExport(event) {
+    const link = event.currentTarget;
+    const href = link.getAttribute("href");
+    if (!href || href === "#") return;
+    event.preventDefault();
+    setStatus("Preparing the export…");
+    try {
+      const response = await fetch(href);
+      if (!response.ok) {
+        const problem = await readError(response);
+        setStatus("");
+        showError(`The export failed: ${problem.message}`);
+        return;
+      }
+      const blob = await response.blob();
+      const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+      const url = URL.createObjectURL(blob);
+      const save = el("a");
+      save.href = url;
+      save.download = named ? named[1] : "bioclip-search";
+      document.body.append(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      clearError();
+      setStatus(lastResult ? summary(lastResult) : "");
+    } catch {
+      setStatus("");
+      showError("Could not reach the server. Check your connection and try again.");
+    }
   }
 
   // ---------- the vocabulary ----------
@@ -906,6 +1164,8 @@
     if (els.topN.value === "") els.topN.value = String(topN.default); // keep a number typed while loading
     setBounds(els.nprobe, schemaOf(parameters, "nprobe"));
     setBounds(els.minSimilarity, schemaOf(parameters, "min_similarity"));
+    setBounds(els.maxPerSpecies, schemaOf(parameters, "max_per_species"));
+    setBounds(els.maxPerSource, schemaOf(parameters, "max_per_source"));
     $("filter-ranks").textContent = FILTER_RANKS.join(", ");
   }
 
@@ -1042,6 +1302,15 @@
       }
     });
     els.detail.addEventListener("close", restoreFocus);
+    els.detail.addEventListener("keydown", (event) => {
+      if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
+        event.preventDefault();
+        stepDetail(event.key === "ArrowRight" ? 1 : -1);
+      }
+    });
+    wireSuggestions();
+    els.exportCsv.addEventListener("click", downloadExport);
+    els.exportJson.addEventListener("click", downloadExport);
   }
 
   // Settled once the controls are built from the vocabulary; a search waits for it.
@@ -1053,6 +1322,7 @@
     // On a phone the tree would push the hits far down: it starts closed there.
     if (window.matchMedia("(max-width: 800px)").matches) $("tree").open = false;
     loadInfo();
+    loadExamples();
     try {
       await vocabularyReady;
     } catch (err) {

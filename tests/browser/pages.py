@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import axe_playwright_python
 import httpx
 from playwright.sync_api import BrowserContext, Page, Response
 
@@ -104,3 +105,25 @@ def decoded_thumbnails(page: Page) -> list[int]:
     return page.locator("#results .hit img").evaluate_all(
         "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).map(i => i.naturalWidth)"
     )
+
+
+# axe-core as the pinned axe-playwright-python package ships it (requirements/dev.txt): one file, loaded
+# into the page by the tests, never fetched from anywhere.
+AXE_JS = Path(axe_playwright_python.__file__).parent / "axe.min.js"
+
+
+def axe_violations(page: Page, context: str = "document") -> list[str]:
+    """axe-core's violations on the page as it is now (WCAG 2.x A/AA and best practices), one line each:
+    the rule, its impact, and the first elements it names."""
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.add_script_tag(path=str(AXE_JS))
+    violations = page.evaluate(
+        """async (context) => {
+            const found = await axe.run(context === 'document' ? document : document.querySelector(context),
+                                        { resultTypes: ['violations'] });
+            return found.violations.map(v => `${v.id} (${v.impact}): ${v.help} at ` +
+                v.nodes.slice(0, 3).map(n => n.target.join(' ')).join('; '));
+        }""",
+        context,
+    )
+    return list(violations)

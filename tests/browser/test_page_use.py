@@ -1,0 +1,172 @@
+"""The page as biologists and curators use it, in Chromium against the four real services:
+accessibility (axe-core), the phone's first screen, comparing a hit with the query, taxon names from
+the collection, the caps, examples, errors as the server wrote them, and a refused export."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.pages import axe_violations, card_ids, photo, published, search_by, settled, upload
+from tests.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def test_axe_finds_no_violation_empty_results_detail_error_and_phone(page: Page, stack: Stack, tmp_path: Path) -> None:
+    page.goto("/")
+    page.wait_for_function("() => document.body.dataset.ready === 'true'")
+    page.wait_for_function("() => !document.getElementById('examples').hidden")
+    assert axe_violations(page) == []
+    upload(page, photo(stack, published(stack)))
+    assert axe_violations(page) == []
+    page.locator("#results .hit").first.click()
+    expect(page.locator("#detail")).to_be_visible()
+    assert axe_violations(page) == []
+    page.keyboard.press("Escape")
+    broken = tmp_path / "photo.jpg"
+    broken.write_bytes(b"not a photo at all")
+    search_by(page, lambda: page.set_input_files("#file-input", str(broken)))
+    expect(page.locator("#error")).to_be_visible()
+    assert axe_violations(page) == []
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    settled(page)
+    assert axe_violations(page) == []
+
+
+def test_a_card_is_named_by_what_it_shows(page: Page, stack: Stack) -> None:
+    upload(page, photo(stack, 4))
+    card = page.locator("#results .hit").first
+    assert card.get_attribute("aria-label") is None
+    name = page.evaluate("() => document.querySelector('#results .hit').innerText")
+    expect(card).to_have_accessible_name(" ".join(name.split()))
+
+
+def test_on_a_phone_the_first_hit_is_in_view_after_a_search(page: Page, stack: Stack) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    upload(page, photo(stack, 5))
+    box = page.locator("#results .hit").first.bounding_box()
+    assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 844, box
+    results = page.locator("#results").bounding_box()
+    tree = page.locator("#tree").bounding_box()
+    assert results and tree and tree["y"] > results["y"]  # the prediction and the tree come after the hits
+
+
+def test_the_detail_shows_the_query_beside_the_hit_and_arrows_move_between_hits(page: Page, stack: Stack) -> None:
+    result = upload(page, photo(stack, published(stack)))
+    page.locator("#results .hit").first.click()
+    query = page.locator("#detail .compare-query img")
+    hit = page.locator("#detail .compare-hit img, #detail .compare-hit .placeholder").first
+    expect(query).to_be_visible()
+    assert query.get_attribute("src", timeout=1000).startswith("blob:")
+    a, b = query.bounding_box(), hit.bounding_box()
+    assert a and b and abs(a["width"] - b["width"]) < 2 and abs(a["height"] - b["height"]) < 2
+    assert abs(a["y"] - b["y"]) < 2 and b["x"] > a["x"]  # side by side
+    expect(page.locator("#detail .hit-position")).to_contain_text(f"Hit 1 of {len(result['hits'])}")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#detail .hit-position")).to_contain_text("Hit 2 of")
+    expect(page.locator("#detail .compare-hit figcaption")).to_contain_text("#2")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")  # no hit before the first: stays
+    expect(page.locator("#detail .hit-position")).to_contain_text("Hit 1 of")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Escape")
+    expect(page.locator("#results .hit").nth(1)).to_be_focused()
+
+
+def test_typing_a_name_suggests_taxa_from_the_collection(page: Page, stack: Stack) -> None:
+    genus = stack.rows[0]["genus"]
+    count = sum(1 for row in stack.rows if row["genus"] == genus)
+    page.goto("/")
+    page.locator("#text-input").press_sequentially(genus[:4].lower(), delay=20)
+    options = page.locator("#text-suggestions option")
+    expect(options.first).to_be_attached()
+    values = {o.get_attribute("value"): o.get_attribute("label") for o in options.all()}
+    assert values[genus] == f"genus · {count} records"
+    page.locator("#filters").press_sequentially(f"genus:{genus[:3]}", delay=20)
+    expect(page.locator(f"#filter-suggestions option[value='genus:{genus}']")).to_be_attached()
+
+
+def test_clicking_a_tree_node_filters_to_it(page: Page, stack: Stack) -> None:
+    upload(page, photo(stack, 2))
+    order = stack.rows[2]["order"]
+    node = page.locator("#tree-body .tree-filter", has_text=order).first
+    if not node.is_visible():
+        page.locator("#tree summary").first.click()
+    result = search_by(page, lambda: node.click()).json()
+    assert {"rank": "order", "value": order} in result["parameters"]["filters"]
+    assert result["hits"] and all(hit["taxonomy"]["order"] == order for hit in result["hits"])
+    expect(page.locator("#filters")).to_have_value(f"order:{order}")
+
+
+def test_a_filter_that_matches_nothing_says_so_and_offers_the_nearest_names(page: Page, stack: Stack) -> None:
+    upload(page, photo(stack, 3))
+    family = stack.rows[3]["family"]
+    misspelt = family[:-1] + "x"
+    page.fill("#filters", f"family:{misspelt}")
+    search_by(page, lambda: page.press("#filters", "Enter"))
+    note = page.locator("#results .no-match")
+    expect(note).to_contain_text(f"No record in the collection has family “{misspelt}”")
+    nearest = note.get_by_role("button", name=family)
+    result = search_by(page, lambda: nearest.click()).json()
+    assert result["hits"] and all(hit["taxonomy"]["family"] == family for hit in result["hits"])
+
+
+def test_the_caps_are_offered_with_the_vocabularys_bounds_and_sent(page: Page, stack: Stack) -> None:
+    upload(page, photo(stack, 1))
+    bounds = httpx.get(stack.gateway.url + "/api/vocabulary", timeout=10).json()["parameters"]["max_per_species"]
+    maximum = next(part["maximum"] for part in bounds["anyOf"] if part.get("type") == "integer")
+    expect(page.locator("#max-per-species")).to_have_attribute("max", str(maximum))
+    page.fill("#max-per-species", "1")
+    result = search_by(page, lambda: page.press("#max-per-species", "Enter")).json()
+    assert result["parameters"]["max_per_species"] == 1
+    names = [hit["taxonomy"]["scientific_name"] for hit in result["hits"]]
+    assert len(names) == len(set(names))
+    assert parse_qs(urlsplit(page.url).query)["max_per_species"] == ["1"]
+    page.reload()
+    settled(page)
+    expect(page.locator("#max-per-species")).to_have_value("1")
+
+
+def test_an_example_searches_without_a_photo(page: Page, stack: Stack) -> None:
+    page.goto("/")
+    first = page.locator("#examples .example").first
+    expect(first).to_be_visible()
+    result = search_by(page, lambda: first.click()).json()
+    assert result["query"] == "record" and card_ids(page)
+
+
+def test_a_photo_link_shows_the_photo_while_the_server_holds_it(page: Page, stack: Stack) -> None:
+    upload(page, photo(stack, 7))
+    page.reload()
+    settled(page)
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview'); return i.complete && i.naturalWidth > 0 }"
+    )
+    assert "/api/queries/" in (page.locator("#preview").get_attribute("src") or "")
+
+
+def test_an_error_is_shown_as_the_server_wrote_it(page: Page, stack: Stack, tmp_path: Path) -> None:
+    page.goto("/")
+    broken = tmp_path / "photo.jpg"
+    broken.write_bytes(b"not a photo at all")
+    search_by(page, lambda: page.set_input_files("#file-input", str(broken)))
+    expect(page.locator("#error")).to_have_text(re.compile(r"^photo\.jpg: "))
+
+
+def test_a_refused_export_says_so(page: Page, stack: Stack) -> None:
+    """Last in this module: it spends the gateway's per-minute search allowance."""
+    upload(page, photo(stack, 9))
+    with httpx.Client(base_url=stack.gateway.url, timeout=30) as client:
+        for _ in range(200):
+            if client.get("/api/search", params={"record": 0, "top_n": 1}).status_code == 429:
+                break
+    page.click("#export-csv")
+    expect(page.locator("#error")).to_contain_text("The export failed")
+    expect(page.locator("#error")).to_contain_text("Try again in")
