@@ -586,30 +586,43 @@
     els.treeBody.replaceChildren(treeList(nodes, 0));
   }
 
+  // Each node: a disclosure button (its rank) for the ranks under it, the taxon's name as a button
+  // that filters to it, and its hit count. Buttons side by side, not a button inside a <summary>.
   function treeList(nodes, depth) {
     const list = el("ul", depth === 0 ? "tree-list tree-root" : "tree-list");
     for (const node of nodes) {
       const li = el("li");
-      const label = el("span", "tree-label");
-      label.append(el("span", "rank-label", `${node.rank} `), treeFilterButton(node));
+      const row = el("span", "tree-row");
       const count = el("span", "count", String(node.count));
-      count.append(el("span", "visually-hidden", node.count === 1 ? " hit" : " hits"));
       count.title = plural(node.count, "hit");
       if (Array.isArray(node.children) && node.children.length) {
-        const details = el("details");
         // Open down to order, or all the way while the tree does not branch.
-        details.open = depth < 3 || nodes.length === 1;
-        const summaryNode = el("summary");
-        summaryNode.append(label, count);
-        details.append(summaryNode, treeList(node.children, depth + 1));
-        li.append(details);
+        const children = treeList(node.children, depth + 1);
+        row.append(treeToggle(node, children, depth < 3 || nodes.length === 1), treeFilterButton(node), count);
+        li.append(row, children);
       } else {
         li.className = "leaf";
-        li.append(label, count);
+        row.append(el("span", "rank-label", `${node.rank} `), treeFilterButton(node), count);
+        li.append(row);
       }
       list.append(li);
     }
     return list;
+  }
+
+  function treeToggle(node, children, open) {
+    const toggle = el("button", "tree-toggle");
+    toggle.type = "button";
+    const arrow = el("span", "tree-arrow", "▸");
+    arrow.setAttribute("aria-hidden", "true");
+    toggle.append(arrow, el("span", "rank-label", node.rank), el("span", "visually-hidden", ` ${node.name}`));
+    const show = (shown) => {
+      toggle.setAttribute("aria-expanded", String(shown));
+      children.hidden = !shown;
+    };
+    show(open);
+    toggle.addEventListener("click", () => show(toggle.getAttribute("aria-expanded") !== "true"));
+    return toggle;
   }
 
   function renderHits(result) {
@@ -634,7 +647,8 @@
     const text = el("span", "hit-text");
     text.append(nameNode(taxonomy, "sci-name"));
     if (taxonomy.common_name) text.append(el("span", "common-name", taxonomy.common_name));
-    const similarity = el("span", "similarity", formatSimilarity(hit.similarity));
+    const similarity = el("span", "similarity");
+    similarity.append(el("span", "muted", "sim "), formatSimilarity(hit.similarity));
     similarity.title = "similarity to the query";
     text.append(similarity);
 
@@ -1006,8 +1020,6 @@
     button.title = `Only ${node.rank} ${node.name}`;
     button.append(taxonNode(node.name, node.rank));
     button.addEventListener("click", (event) => {
-      event.preventDefault(); // inside a <summary>: filter, don't toggle
-      event.stopPropagation();
       addFilter(node.rank, node.name);
     });
     return button;

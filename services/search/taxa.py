@@ -69,18 +69,24 @@ class TaxonIndex:
         Blank names are left out; a species is named by the vocabulary's `scientific_name` rule."""
         counted: dict[str, dict[str, tuple[str, int]]] = {rank: {} for rank in FILTER_RANKS}
         genus_at, species_at = FILTER_RANKS.index("genus"), FILTER_RANKS.index("species")
+        # The broad ranks repeat the same few names on every row: key each spelling once.
+        keys: dict[str, str] = {}
         for values, count in rows:
             for position, rank in enumerate(FILTER_RANKS):
                 value = values[position]
                 if rank == "species":
                     value = scientific_name(values[genus_at], values[species_at]) if value else None
-                if not value or not str(value).strip():
+                if not value:
                     continue
-                key = name_key(str(value))
+                value = str(value)
+                key = keys.get(value)
+                if key is None:
+                    key = keys[value] = name_key(value)
                 if not key:
                     continue
-                known = counted[rank].get(key)
-                counted[rank][key] = (known[0], known[1] + count) if known else (str(value).strip(), count)
+                names = counted[rank]
+                known = names.get(key)
+                names[key] = (known[0], known[1] + count) if known else (value.strip(), count)
         return cls({rank: _RankNames(rank, names) for rank, names in counted.items()})
 
     def __len__(self) -> int:

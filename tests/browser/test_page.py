@@ -195,14 +195,17 @@ def test_consensus_agreement_and_tree_are_shown(page: Page, stack: Stack) -> Non
             f"prediction unavailable: {result['prediction_error']}"
         )
     # The tree: one top-level line per kingdom, whose counts add up to the hits.
-    kingdoms = page.locator("#tree-body > ul > li > details > summary .count")
+    kingdoms = page.locator("#tree-body > ul > li > .tree-row .count")
     assert sum(int(c) for c in kingdoms.all_inner_texts()) == 9
     assert kingdoms.count() == len(result["tree"])
     tree_names = page.locator("#tree-body .taxon").all_text_contents()
     assert stack.rows[4]["kingdom"] in tree_names and stack.rows[4]["genus"] in tree_names
     # Collapsing a branch hides what is under it.
-    top = page.locator("#tree-body > ul > li > details").first
-    top.locator("> summary").click()
+    top = page.locator("#tree-body > ul > li").first
+    toggle = top.locator("> .tree-row > .tree-toggle")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "false")
     expect(top.locator("> ul")).to_be_hidden()
 
 
