@@ -1,6 +1,7 @@
-"""Retake docs/images/page.png: the page with hits, in Chromium, against a stack started here.
+"""Retake docs/images/page.png and page-phone.png: the page with hits, in Chromium, at desktop and
+phone width (390 px), against a stack started here.
 
-    .venv/bin/python -m tests.browser.screenshot [--out docs/images/page.png]
+    .venv/bin/python -m tests.browser.screenshot [--out docs/images/page.png] [--phone-out ...]
 
 The stack is the browser tests' own (tests/stack.py: the generated collection, a tiny model with
 random weights). So that the prediction panel has labels to predict from, the collection's species
@@ -47,10 +48,14 @@ def species_labels(embedder_url: str, folder: Path) -> Path:
     return folder
 
 
-def take(url: str, photos: list[Path], out: Path) -> None:
+DESKTOP = {"width": 1200, "height": 1400}
+PHONE = {"width": 390, "height": 844}
+
+
+def take(url: str, photos: list[Path], out: Path, viewport: dict[str, int] = DESKTOP) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(base_url=url, viewport={"width": 1200, "height": 1400})
+        page = browser.new_page(base_url=url, viewport=viewport)  # type: ignore[arg-type]
         page.goto("/")
         page.fill("#top-n", "12")
         page.press("#top-n", "Tab")  # commit the field now, not when the focus leaves it after the search
@@ -74,6 +79,7 @@ def take(url: str, photos: list[Path], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "page.png")
+    parser.add_argument("--phone-out", type=Path, default=ROOT / "docs" / "images" / "page-phone.png")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="page-screenshot-") as temp:
@@ -93,6 +99,7 @@ def main() -> None:
         (work / "second").mkdir()
         with running_stack(work / "second", model) as stack:
             take(stack.gateway.url, photos, args.out)
+            take(stack.gateway.url, photos, args.phone_out, PHONE)
 
 
 if __name__ == "__main__":
