@@ -155,3 +155,9 @@ def test_taxon_suggestions_name_the_search_service_when_it_is_down(client: TestC
 def test_bad_taxon_suggestion_requests_get_422(client: TestClient, params: dict[str, str]) -> None:
     response = client.get("/api/taxa", params=params)
     assert response.status_code == 422 and response.json()["error"]["code"]
+
+
+def test_a_query_the_gateway_does_not_hold_has_no_preview(client: TestClient) -> None:
+    response = client.get("/api/queries/img-0123456789abcdef/preview")
+    assert response.status_code == 410 and response.json()["error"]["code"] == "query_expired"
+    assert client.get("/api/queries/" + "x" * 65 + "/preview").status_code == 422
