@@ -44,8 +44,8 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
 
 
 def open_taxa(engine: SearchEngine) -> TaxonIndex:
-    """Every taxon name of the collection, with counts, from one GROUP BY over the metadata."""
-    names = TaxonIndex.from_rows(engine.lookup.store.taxon_rows())
+    """Every taxon name of the collection, with counts, from a GROUP BY per rank over the metadata."""
+    names = TaxonIndex.from_counts(engine.lookup.store.taxon_counts())
     logger.info("taxon names: %d", len(names))
     return names
 

@@ -108,23 +108,27 @@ class MetadataStore:
             cursor.close()
         return rows
 
-    def taxon_rows(self) -> list[tuple[tuple[str | None, ...], int]]:
-        """One row per distinct taxonomy: the FILTER_RANKS' values (None where the column is absent) and
-        how many records carry it. For the taxon-name index (services/search/taxa.py)."""
-        present = [rank for rank in FILTER_RANKS if rank in self._columns]
-        if not present:
-            return []
-        columns = ", ".join(f'"{rank}"' for rank in present)
+    def taxon_counts(self) -> dict[str, list[tuple[str | None, int]]]:
+        """Each filter rank's distinct names with their record counts, grouped by DuckDB; a species is named
+        by the vocabulary's rule (genus and epithet), so a row without a genus names no species. Ranks
+        whose column is absent are left out. For the taxon-name index (services/search/taxa.py)."""
+        counts: dict[str, list[tuple[str | None, int]]] = {}
         cursor = self._conn.cursor()
         try:
-            found = cursor.execute(f"SELECT {columns}, count(*) FROM metadata GROUP BY ALL").fetchall()
+            for rank in FILTER_RANKS:
+                if rank not in self._columns:
+                    continue
+                if rank == "species":
+                    if "genus" not in self._columns:
+                        continue
+                    found = cursor.execute('SELECT "genus", "species", count(*) FROM metadata GROUP BY ALL').fetchall()
+                    counts[rank] = [(scientific_name(genus, epithet), int(n)) for genus, epithet, n in found]
+                else:
+                    found = cursor.execute(f'SELECT "{rank}", count(*) FROM metadata GROUP BY ALL').fetchall()
+                    counts[rank] = [(value, int(n)) for value, n in found]
         finally:
             cursor.close()
-        rows: list[tuple[tuple[str | None, ...], int]] = []
-        for values in found:
-            named = dict(zip(present, values[:-1], strict=True))
-            rows.append((tuple(named.get(rank) for rank in FILTER_RANKS), int(values[-1])))
-        return rows
+        return counts
 
     def fetch_plan(self, ids: Iterable[int], *, narrow: bool = False) -> str:
         """DuckDB's executed plan for a row lookup (tests and the benchmark check that it is an index scan).

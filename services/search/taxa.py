@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -63,31 +64,36 @@ class TaxonIndex:
         self._ranks = names
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[Sequence[str | None], int]]) -> TaxonIndex:
-        """From (values of FILTER_RANKS in order, record count) rows: one per distinct taxonomy.
+    def from_counts(cls, counts: dict[str, Iterable[tuple[str | None, int]]]) -> TaxonIndex:
+        """From each rank's distinct names and their record counts (a species named "Genus epithet").
+        Names with the same `name_key` are one (counts added, the first spelling kept); blanks are left out."""
+        ranks: dict[str, _RankNames] = {}
+        for rank in FILTER_RANKS:
+            counted: dict[str, tuple[str, int]] = {}
+            for value, count in counts.get(rank, ()):
+                if not value:
+                    continue
+                key = name_key(value)
+                if not key:
+                    continue
+                known = counted.get(key)
+                counted[key] = (known[0], known[1] + count) if known else (value.strip(), count)
+            ranks[rank] = _RankNames(rank, counted)
+        return cls(ranks)
 
-        Blank names are left out; a species is named by the vocabulary's `scientific_name` rule."""
-        counted: dict[str, dict[str, tuple[str, int]]] = {rank: {} for rank in FILTER_RANKS}
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[Sequence[str | None], int]]) -> TaxonIndex:
+        """From (values of FILTER_RANKS in order, record count) rows: one per distinct taxonomy."""
+        per_rank: dict[str, Counter[str]] = {rank: Counter() for rank in FILTER_RANKS}
         genus_at, species_at = FILTER_RANKS.index("genus"), FILTER_RANKS.index("species")
-        # The broad ranks repeat the same few names on every row: key each spelling once.
-        keys: dict[str, str] = {}
         for values, count in rows:
             for position, rank in enumerate(FILTER_RANKS):
                 value = values[position]
                 if rank == "species":
                     value = scientific_name(values[genus_at], values[species_at]) if value else None
-                if not value:
-                    continue
-                value = str(value)
-                key = keys.get(value)
-                if key is None:
-                    key = keys[value] = name_key(value)
-                if not key:
-                    continue
-                names = counted[rank]
-                known = names.get(key)
-                names[key] = (known[0], known[1] + count) if known else (value.strip(), count)
-        return cls({rank: _RankNames(rank, names) for rank, names in counted.items()})
+                if value:
+                    per_rank[rank][value] += count
+        return cls.from_counts({rank: counter.items() for rank, counter in per_rank.items()})
 
     def __len__(self) -> int:
         return sum(len(names.keys) for names in self._ranks.values())
