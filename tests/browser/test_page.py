@@ -330,7 +330,7 @@ def test_taxon_filter_keeps_only_that_taxon_and_a_bad_filter_is_explained(page: 
 def test_keyboard_tab_reaches_a_card_and_enter_opens_the_detail(page: Page, stack: Stack) -> None:
     upload(page, photo(stack, 6))
     page.locator("body").focus()
-    for _ in range(60):
+    for _ in range(200):  # the examples, the options, the actions and the tree's buttons come first
         page.keyboard.press("Tab")
         if page.evaluate("() => document.activeElement.classList.contains('hit')"):
             break
