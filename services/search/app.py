@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,15 +51,26 @@ def open_taxa(engine: SearchEngine) -> TaxonIndex:
     return names
 
 
+async def load_taxa(app: FastAPI) -> None:
+    try:
+        app.state.taxa = await app.state.pool.run(open_taxa, app.state.engine)
+    except Exception:  # the service still searches; the suggestions stay unavailable and say so
+        logger.exception("could not load the taxon names")
+        app.state.taxa_error = "the taxon names could not be loaded (see the search service's log)"
+
+
 def create_app(settings: SearchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = BlockingPool(settings.blocking_threads)
         app.state.engine = await app.state.pool.run(open_engine, settings)
-        app.state.taxa = await app.state.pool.run(open_taxa, app.state.engine)
         app.state.ready = True
+        # The taxon names (seconds at a million species) load after the service is ready: searches need
+        # them not, and /v1/taxa answers 503 not_ready until they are in.
+        names = asyncio.create_task(load_taxa(app))
         yield
         app.state.ready = False
+        await names  # a thread can't be stopped: let it finish with DuckDB before DuckDB is closed
         app.state.engine.lookup.store.close()
 
     app = create_service_app(

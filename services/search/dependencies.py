@@ -23,7 +23,8 @@ def get_engine(request: Request) -> SearchEngine:
 def get_taxa(request: Request) -> TaxonIndex:
     taxa = getattr(request.app.state, "taxa", None)
     if taxa is None:
-        raise NotReady("the taxon names are not loaded yet")
+        reason = getattr(request.app.state, "taxa_error", None)
+        raise NotReady(reason or "the taxon names are not loaded yet")
     return taxa
 
 

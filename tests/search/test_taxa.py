@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -93,7 +94,12 @@ def test_the_service_suggests_taxa_from_its_collection(tmp_path: Path) -> None:
     ]  # fmt: skip
     collection: Collection = write_collection(tmp_path, unit_vectors(10, 8), rows)
     with TestClient(create_app(collection.settings())) as client:
-        answer = client.get("/v1/taxa", params={"prefix": "danaus ", "rank": "species"})
+        for _ in range(200):  # the names load in the background once the service is ready
+            answer = client.get("/v1/taxa", params={"prefix": "danaus ", "rank": "species"})
+            if answer.status_code != 503:
+                break
+            assert answer.json()["error"]["code"] == "not_ready"
+            time.sleep(0.05)
         assert answer.status_code == 200, answer.text
         assert answer.json() == {
             "taxa": [
