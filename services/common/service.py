@@ -1,20 +1,25 @@
-"""What every service app has: error shape, request ids, /healthz, /readyz, /metrics, a blocking pool."""
+"""What every service app has: error shape, request ids, /healthz, /readyz, /metrics, a blocking pool, and
+/docs and /redoc served offline (Swagger UI and ReDoc files from the `fastapi-offline` package, with their
+licences, served by the service itself)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import fastapi_offline
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.docs import install_offline_docs
 from services.common.http_errors import StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
@@ -110,6 +115,48 @@ def operations_router(service: str, metrics: _Metrics) -> APIRouter:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/docs-assets"
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """Add /docs (Swagger UI) and /redoc (ReDoc) whose scripts, styles and icon are served under
+    /docs-assets by this app. The app must be made with `docs_url=None, redoc_url=None`; no web fonts
+    are loaded (ReDoc falls back to the system's fonts)."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    oauth2_redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth2_redirect}",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+        # ReDoc's bundle draws its "API docs by Redocly" badge from cdn.redoc.ly: images from here only.
+        page.headers["Content-Security-Policy"] = "img-src 'self' data:"
+        return page
 
 
 def create_service_app(
