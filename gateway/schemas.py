@@ -95,12 +95,15 @@ class Consensus(BaseModel):
     name: str
     share: float = Field(description="The taxon's part of the hits' total similarity, 0 to 1.")
     hits: int = Field(description="Hits of that taxon.")
+    unknown: int = Field(0, description="Hits that do not know this rank (they count in the share's total).")
 
 
 class TreeNode(BaseModel):
+    """One taxon of the hits' tree. Every hit passes through one node at each rank, kingdom to species."""
+
     rank: Rank
-    name: str
-    count: int
+    name: str | None = Field(description="The taxon's name; null for the hits that do not know this rank.")
+    count: int = Field(description="Hits under this node: the sum of its children's counts.")
     children: list[TreeNode]
 
 

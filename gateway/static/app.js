@@ -580,7 +580,9 @@
     for (const node of nodes) {
       const li = el("li");
       const label = el("span", "tree-label");
-      label.append(el("span", "rank-label", `${node.rank} `), taxonNode(node.name, node.rank));
+      // A rank the hits do not know is a node of its own (name null): the ranks below it stay in the tree.
+      const name = typeof node.name === "string" ? taxonNode(node.name, node.rank) : el("span", "taxon-unknown soft", "unknown");
+      label.append(el("span", "rank-label", `${node.rank} `), name);
       const count = el("span", "count", String(node.count));
       count.setAttribute("aria-label", plural(node.count, "hit"));
       count.title = plural(node.count, "hit");
