@@ -20,6 +20,7 @@ from services.common.errors import DomainError
 from services.common.http import raise_for_upstream, upstream
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
+from services.common.vocabulary import TaxonFilter
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +75,14 @@ class ServiceClients:
         )
         return EmbedResponse.model_validate(response.json())
 
-    async def classify(self, vector: list[float], rank: str, k: int) -> ClassifyResponse:
-        response = await self._call(
-            "embedder", "POST", "/v1/classify", self.settings.embed_timeout,
-            json={"vector": vector, "rank": rank, "k": k},
-        )  # fmt: skip
+    async def classify(
+        self, vector: list[float], rank: str, k: int, clade: TaxonFilter | None = None
+    ) -> ClassifyResponse:
+        """Zero-shot prediction at `rank`; within `clade` (a rank at or above `rank`) when given."""
+        body: dict[str, Any] = {"vector": vector, "rank": rank, "k": k}
+        if clade is not None:
+            body["clade"] = {"rank": clade.rank, "value": clade.value}
+        response = await self._call("embedder", "POST", "/v1/classify", self.settings.embed_timeout, json=body)
         return ClassifyResponse.model_validate(response.json())
 
     async def search(self, request: SearchRequest) -> SearchResponse:

@@ -88,6 +88,16 @@ class Prediction(BaseModel):
 class PredictionResult(BaseModel):
     rank: Rank
     predictions: list[Prediction] = Field(description="The most probable taxa at `rank`, most probable first.")
+    within: TaxonFilter | None = Field(
+        None,
+        description="The query's taxon filter the prediction was made within: the most specific of its filters at "
+        "or above `rank` (kingdom .. genus). Null when no filter restricts it: the prediction is over every label.",
+    )
+    filters_not_applied: list[TaxonFilter] = Field(
+        default_factory=list,
+        description="The query's filters that do not restrict the prediction: those below `rank`, on species or "
+        "on common_name (the labels are grouped by the ranks above species only).",
+    )
 
 
 class Consensus(BaseModel):

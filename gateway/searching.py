@@ -23,7 +23,7 @@ from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
 from services.common.errors import DomainError, InvalidInput
 from services.common.schemas.search import SearchRequest
-from services.common.vocabulary import clean
+from services.common.vocabulary import CLADE_RANKS, RANKS, TaxonFilter, clean
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class Searcher:
     async def run(self, query: CachedQuery, params: SearchParameters) -> SearchResult:
         started = time.perf_counter()
         request = SearchRequest(**dict(params.search()), vectors=[query.vector.tolist()])
-        prediction_task = asyncio.ensure_future(self._predict(query, params.rank)) if params.predict else None
+        prediction_task = (
+            asyncio.ensure_future(self._predict(query, params.rank, params.filters)) if params.predict else None
+        )
         found, identity = await asyncio.gather(self.clients.search(request), self.clients.identity())
         prediction, prediction_error = await prediction_task if prediction_task else (None, None)
         result = found.results[0]
@@ -112,10 +114,15 @@ class Searcher:
             took_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def _predict(self, query: CachedQuery, rank: str) -> tuple[PredictionResult | None, str | None]:
-        """A prediction, or why there is none: a prediction never fails the search it rides with."""
+    async def _predict(
+        self, query: CachedQuery, rank: str, filters: list[TaxonFilter]
+    ) -> tuple[PredictionResult | None, str | None]:
+        """A prediction, or why there is none: a prediction never fails the search it rides with.
+
+        The query's filters restrict it as they restrict the hits, where the labels allow (`prediction_clade`)."""
+        within, not_applied = prediction_clade(filters, rank)
         try:
-            answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions)
+            answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions, within)
         except DomainError as exc:
             return None, exc.message
         predictions = [
@@ -128,7 +135,20 @@ class Searcher:
             )
             for p in (answer.results[0].predictions if answer.results else [])
         ]
-        return PredictionResult(rank=rank, predictions=predictions), None  # type: ignore[arg-type]
+        result = PredictionResult(rank=rank, predictions=predictions, within=within, filters_not_applied=not_applied)  # type: ignore[arg-type]
+        return result, None
+
+
+def prediction_clade(filters: list[TaxonFilter], rank: str) -> tuple[TaxonFilter | None, list[TaxonFilter]]:
+    """(the filter to predict within, the filters that cannot restrict a prediction at `rank`).
+
+    A filter at or above `rank` on a rank the labels group by (kingdom .. genus) restricts the prediction; of
+    several, the most specific (it lies within the broader ones, names shared across kingdoms aside). A filter
+    below `rank`, on species or on common_name names no group of labels to predict among, so it does not."""
+    depth = RANKS.index(rank)
+    usable = [f for f in filters if f.rank in CLADE_RANKS and RANKS.index(f.rank) <= depth]
+    within = max(usable, key=lambda f: RANKS.index(f.rank), default=None)
+    return within, [f for f in filters if f not in usable]
 
 
 def permalink(query: CachedQuery, params: SearchParameters, identity: dict[str, str | None]) -> str:

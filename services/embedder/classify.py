@@ -94,8 +94,8 @@ def predict_tree_of_life(
     depth = RANKS.index(rank)
     allowed = None
     if clade is not None:
-        if RANKS.index(clade[0]) >= depth:
-            raise InvalidClade(f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})")
+        if RANKS.index(clade[0]) > depth:
+            raise InvalidClade(f"the clade's rank ({clade[0]}) must be at or above the rank predicted ({rank})")
         allowed = clade_mask(tree, *clade)
     probs = probabilities(vectors, tree.matrix, scale, allowed)
     groups = tree.ranks[depth]

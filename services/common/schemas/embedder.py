@@ -48,7 +48,9 @@ class ModelInfo(BaseModel):
 class Clade(BaseModel):
     """Predict only within this clade, e.g. {"rank": "class", "value": "Insecta"} (or the string "class:Insecta")."""
 
-    rank: CladeRank = Field(description="A rank above the one predicted.")
+    rank: CladeRank = Field(
+        description="A rank at or above the one predicted (at it: the prediction is among that name's groups)."
+    )
     value: str = Field(min_length=1, max_length=200, description="The clade's name at that rank (any case).")
 
     @model_validator(mode="before")
