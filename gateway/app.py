@@ -60,6 +60,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         max_body_bytes=settings.max_upload_bytes,
         description="Search a labelled collection of organism photos by photo or by taxon name.",
         errors=ERROR_STATUS,
+        schema_models=search.SCHEMA_MODELS,
     )
     app.include_router(search.router)
     app.include_router(records.router)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, Field, computed_field, create_model, model_validator
 
 from services.common import vocabulary
 from services.common.vocabulary import Rank, TaxonFilter, scientific_name
@@ -41,6 +41,70 @@ class QueryRequest(SearchParameters):
         if len(given) != 1:
             raise ValueError("give exactly one of text, record_id or query_id (or upload an image)")
         return self
+
+
+class _LinkQuery(BaseModel):
+    """What a query string holds besides the search parameters (see `SearchLink`)."""
+
+    q: str | None = Field(None, min_length=4, max_length=80, description="A query id from an earlier result.")
+    text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
+    record: int | None = Field(None, ge=0, le=2**31 - 1, description="Search from this record.")
+    filter: list[str] = Field(
+        default_factory=list,
+        max_length=vocabulary.MAX_FILTERS,
+        description="A taxon filter as rank:value, e.g. order:Lepidoptera; repeat for several (AND).",
+    )
+    format: Literal["json", "csv"] = Field("json", description="json (the result) or csv (the hits).")
+    download: bool = Field(False, description="Answer as a file to save.")
+    model: str | None = Field(None, description="The model that answered when the link was made (informative).")
+    index: str | None = Field(None, description="The index that answered when the link was made (informative).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blanks_are_absent(cls, data: Any) -> Any:
+        # A form submitted with an empty field sends `name=`: that means "not given", as in the multipart form.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+SearchLink = create_model(  # type: ignore[call-overload]
+    "SearchLink",
+    __base__=_LinkQuery,
+    __doc__="GET /api/search's query string: a permalink's fields and the search parameters.",
+    **{name: (field.annotation, field) for name, field in SearchParameters.model_fields.items() if name != "filters"},
+)
+"""The query string of GET /api/search: `SearchParameters` (filters as repeated `filter=rank:value`), the query
+(`q`, `text` or `record`) and the export's `format` and `download`."""
+
+
+def search_form_schema() -> dict[str, Any]:
+    """The multipart form of POST /api/search as JSON schema: the photos (`image`, repeatable), `filter` texts,
+    and each other search parameter typed as `SearchParameters` types it. A field left out (or blank) takes its
+    default, so the form has no nulls."""
+    parameters = SearchParameters.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
+    fields: dict[str, Any] = {
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more photos of one organism.",
+        },
+        "filter": {
+            "type": "array",
+            "items": {"type": "string"},
+            "maxItems": vocabulary.MAX_FILTERS,
+            "description": "Taxon filters as rank:value, e.g. order:Lepidoptera.",
+        },
+    }
+    for name, schema in parameters.items():
+        if name == "filters":
+            continue
+        options = [option for option in schema.get("anyOf", [schema]) if option.get("type") != "null"]
+        typed = {**options[0], **{k: v for k, v in schema.items() if k not in ("anyOf", "default")}}
+        if schema.get("default") is not None:
+            typed["default"] = schema["default"]
+        fields[name] = typed
+    return {"type": "object", "required": ["image"], "properties": fields}
 
 
 class Taxonomy(vocabulary.Taxonomy):

@@ -18,6 +18,8 @@ router = APIRouter(prefix="/api", tags=["records"])
 
 RecordId = Annotated[int, Path(ge=0, le=2**31 - 1, description="The record id of a hit.")]
 ERRORS = {code: {"model": ErrorResponse} for code in (404, 422, 429, 502, 503, 504)}
+# An image the fetcher may not fetch (its address is refused) or that is gone at its source.
+IMAGE_ERRORS = {**ERRORS, **{code: {"model": ErrorResponse} for code in (403, 410)}}
 
 
 @router.get("/records/{record_id}", response_model=RecordView, responses=ERRORS)
@@ -30,7 +32,11 @@ async def record(record_id: RecordId, clients: ClientsDep) -> RecordView:
     "/images/{record_id}",
     dependencies=[Depends(limit_images)],
     response_class=Response,
-    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}}, **ERRORS},
+    responses={
+        200: {"content": {"image/webp": {}, "image/jpeg": {}}},
+        304: {"description": "The browser's copy (If-None-Match) is still good."},
+        **IMAGE_ERRORS,
+    },
 )
 async def image(
     record_id: RecordId,

@@ -4,7 +4,7 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,45 +15,43 @@ from starlette.datastructures import FormData, UploadFile
 from gateway.dependencies import SearcherDep, limit_searches
 from gateway.export import hits_csv, hits_json
 from gateway.query_cache import CachedQuery
-from gateway.schemas import QueryRequest, SearchParameters, SearchResult, TaxonFilter
+from gateway.schemas import (
+    QueryRequest,
+    SearchLink,
+    SearchParameters,
+    SearchResult,
+    TaxonFilter,
+    search_form_schema,
+)
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
 from services.common.http_errors import ErrorResponse
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
-_FORM_FIELDS = {
-    "image": {
-        "type": "array",
-        "items": {"type": "string", "format": "binary"},
-        "description": "One or more photos of one organism.",
-    },
-    "filter": {
-        "type": "array",
-        "items": {"type": "string"},
-        "description": "Taxon filters as rank:value, e.g. order:Lepidoptera.",
-    },
-    **{
-        name: {"type": "string", "description": field.description}
-        for name, field in SearchParameters.model_fields.items()
-        if name != "filters"
-    },
-}
 _BODIES = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}},
-            "application/json": {"schema": QueryRequest.model_json_schema(ref_template="#/$defs/{model}")},
+            "multipart/form-data": {"schema": search_form_schema()},
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}},
         },
     }
 }
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 410, 413, 415, 422, 429, 502, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 410, 413, 415, 422, 429, 502, 503, 504)}
+# The export answers CSV as well as the JSON result.
+LINK_ANSWERS = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The result, or its hits as CSV."},
+    **ERRORS,
+}
+# The gateway's own JSON body, named in _BODIES (the route reads the body itself: two content types).
+SCHEMA_MODELS = (QueryRequest,)
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any]) -> Any:
+def _validated(model: type[BaseModel], data: dict[str, Any], *, strict: bool = False) -> Any:
+    """`data` as `model`; strict for a JSON body (typed values), lax for form fields and query strings (text)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
 
@@ -112,28 +110,22 @@ async def search(request: Request, searcher: SearcherDep) -> SearchResult:
             raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
-        body = _validated(QueryRequest, raw)
+        body = _validated(QueryRequest, raw, strict=True)
         return await searcher.run(await _from_request(searcher, body), body)
     raise UnsupportedMediaType(
         "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json"
     )
 
 
-@router.get("/search", response_model=SearchResult, responses=ERRORS, summary="Search from a query string")
-async def search_by_link(
-    request: Request,
-    searcher: SearcherDep,
-    q: Annotated[str | None, Query(description="A query id from an earlier result.")] = None,
-    text: Annotated[str | None, Query(description="A taxon or common name.")] = None,
-    record: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Search from this record.")] = None,
-    format: Annotated[Literal["json", "csv"], Query(description="json (the result) or csv (the hits).")] = "json",
-    download: Annotated[bool, Query(description="Answer as a file to save.")] = False,
-) -> Response:
+@router.get("/search", response_model=SearchResult, responses=LINK_ANSWERS, summary="Search from a query string")
+async def search_by_link(searcher: SearcherDep, link: Annotated[SearchLink, Query()]) -> Response:
     """The same search from a query string (what a permalink holds): `q`, `text` or `record`, the
     parameters of POST /api/search, and repeatable `filter=rank:value`. `format=csv` exports the hits.
     """
-    fields = _fields(request.query_params, {"q", "text", "record", "format", "download", "model", "index"})
-    body = _validated(QueryRequest, {**fields, "query_id": q, "text": text, "record_id": record})
+    parameters = link.model_dump(include=set(SearchParameters.model_fields) - {"filters"}, exclude_none=True)
+    query = {"query_id": link.q, "text": link.text, "record_id": link.record}
+    body = _validated(QueryRequest, {**parameters, "filters": _filters(link.filter), **query})
+    format, download = link.format, link.download
     result = await searcher.run(await _from_request(searcher, body), body)
     filename = f"bioclip-search-{result.query_id[:16]}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}

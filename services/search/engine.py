@@ -129,10 +129,11 @@ class SearchEngine:
             raise DimensionMismatch(f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors")
         if not np.all(np.isfinite(vectors)):
             raise InvalidVector("query vectors contain NaN or infinity")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # The norm in float64: float32 values near their limit would overflow it.
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise InvalidVector("a query vector is all zeros")
-        return vectors / norms
+        return (vectors / norms).astype(np.float32)
 
     def search(self, query: Query) -> SearchOutcome:
         started = time.perf_counter()

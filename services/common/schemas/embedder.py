@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.vocabulary import CladeRank, Rank, Taxonomy, clean
 
@@ -19,6 +19,8 @@ class EmbedResponse(BaseModel):
 
 
 class TextEmbedRequest(BaseModel):
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
     texts: list[str] = Field(min_length=1, max_length=256, description="Texts to embed, 1 to 256.")
 
 
@@ -31,8 +33,11 @@ class ModelInfo(BaseModel):
     image_size: int
     preprocessing: Preprocessing
     preprocessing_steps: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    # Lists of three (red, green, blue): a tuple's schema (`prefixItems`) is not valid OpenAPI 3.0 tooling's.
+    mean: list[float] = Field(
+        min_length=3, max_length=3, description="Per-channel mean (RGB) the input is normalised by."
+    )
+    std: list[float] = Field(min_length=3, max_length=3, description="Per-channel standard deviation (RGB).")
     device: str
     precision: str
     parameters: int
@@ -98,6 +103,9 @@ class ClassifyParameters(BaseModel):
 
 class ClassifyRequest(ClassifyParameters):
     """JSON body of POST /v1/classify: one vector (`vector`) or several (`vectors`) already embedded."""
+
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
 
     vector: list[float] | None = Field(None, description="One image vector, from POST /v1/embed/image.")
     vectors: list[list[float]] | None = Field(None, min_length=1, max_length=32, description="1 to 32 image vectors.")
