@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from services.common import vocabulary
 from services.common.vocabulary import Rank, TaxonFilter, scientific_name
@@ -68,11 +69,32 @@ class _LinkQuery(BaseModel):
         return data
 
 
+BLANK = {"type": "string", "maxLength": 0, "description": "Blank: the default."}
+"""A form field or query parameter sent empty (`top_n=`), which means "not given"."""
+
+
+def _as_text_field(schema: dict[str, Any]) -> None:
+    """A field's JSON schema as a form field or query parameter has it: text has no null (absent is the
+    default), and blank is allowed (also the default)."""
+    options = [option for option in schema.pop("anyOf", []) if option.get("type") != "null"]
+    typed = {**(options[0] if options else {}), **{k: v for k, v in schema.items() if k not in ("default", "title")}}
+    default = schema.get("default")
+    schema.clear()
+    schema["anyOf"] = [typed, BLANK]
+    if default is not None:
+        schema["default"] = default
+
+
+_LINK_FIELDS = {**_LinkQuery.model_fields, **SearchParameters.model_fields}
 SearchLink = create_model(  # type: ignore[call-overload]
     "SearchLink",
     __base__=_LinkQuery,
     __doc__="GET /api/search's query string: a permalink's fields and the search parameters.",
-    **{name: (field.annotation, field) for name, field in SearchParameters.model_fields.items() if name != "filters"},
+    **{
+        name: (field.annotation, FieldInfo.merge_field_infos(field, json_schema_extra=_as_text_field))
+        for name, field in _LINK_FIELDS.items()
+        if name not in ("filters", "filter")
+    },
 )
 """The query string of GET /api/search: `SearchParameters` (filters as repeated `filter=rank:value`), the query
 (`q`, `text` or `record`) and the export's `format` and `download`."""
@@ -97,13 +119,9 @@ def search_form_schema() -> dict[str, Any]:
         },
     }
     for name, schema in parameters.items():
-        if name == "filters":
-            continue
-        options = [option for option in schema.get("anyOf", [schema]) if option.get("type") != "null"]
-        typed = {**options[0], **{k: v for k, v in schema.items() if k not in ("anyOf", "default")}}
-        if schema.get("default") is not None:
-            typed["default"] = schema["default"]
-        fields[name] = typed
+        if name != "filters":
+            _as_text_field(schema)
+            fields[name] = schema
     return {"type": "object", "required": ["image"], "properties": fields}
 
 
