@@ -10,12 +10,14 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from gateway.admission import UploadSlots
 from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
 from gateway.routes import health, records, search, vocabulary
 from gateway.searching import Searcher
+from gateway.served import ServedImages
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
@@ -39,11 +41,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.clients = ServiceClients(client, settings)
+        app.state.served = ServedImages(settings.served_images)
+        app.state.uploads = UploadSlots(settings.max_concurrent_uploads, retry_after=settings.shed_retry_after)
         app.state.searcher = Searcher(
             app.state.clients,
             QueryCache(settings.query_cache_size),
             max_images=settings.max_images_per_query,
             predictions=settings.predictions,
+            served=app.state.served,
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
