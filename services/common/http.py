@@ -158,5 +158,10 @@ def raise_for_upstream(service: str, response: httpx.Response) -> None:
     if response.status_code < 500:
         kind = _CALLER_ERRORS.get(response.status_code, InvalidInput)
         raise kind(message, code=code, retry_after=_retry_after(response))
-    failure = {503: DependencyUnavailable, 504: DependencyTimeout}.get(response.status_code, DependencyFailed)
-    raise failure(service, f"the {service} service failed: {message}", code=f"{service}_{code}")
+    failure, what = {
+        503: (DependencyUnavailable, "is unavailable"),
+        504: (DependencyTimeout, "timed out"),
+    }.get(response.status_code, (DependencyFailed, "failed"))
+    raise failure(
+        service, f"the {service} service {what}: {message}", code=f"{service}_{code}", retry_after=_retry_after(response)
+    )
