@@ -163,5 +163,8 @@ def raise_for_upstream(service: str, response: httpx.Response) -> None:
         504: (DependencyTimeout, "timed out"),
     }.get(response.status_code, (DependencyFailed, "failed"))
     raise failure(
-        service, f"the {service} service {what}: {message}", code=f"{service}_{code}", retry_after=_retry_after(response)
+        service,
+        f"the {service} service {what}: {message}",
+        code=f"{service}_{code}",
+        retry_after=_retry_after(response),
     )

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from services.common.errors import (
     DependencyFailed,
@@ -155,6 +156,13 @@ def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> 
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away while sending its body (a slow upload given up): nobody reads this
+        # answer, and it is no fault of ours, so no traceback.
+        logger.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client disconnected before the request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -255,6 +255,8 @@ def test_uploads_beyond_the_bound_are_refused_at_once_with_retry_after(stack: St
             break
         time.sleep(0.2)
     assert answer.status_code == 200, answer.text
+    assert stack.gateway.log_path is not None
+    assert "unhandled error" not in stack.gateway.log_path.read_text()  # given-up uploads are no bug
 
 
 def test_with_the_image_source_down_searches_still_answer_and_images_fail_naming_the_fetcher(stack: Stack) -> None:
