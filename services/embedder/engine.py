@@ -172,6 +172,7 @@ class Embedder:
 
     def info(self) -> ModelInfo:
         model = self.model
+        choice = model.choice
         return ModelInfo(
             model=model.name,
             architecture=model.architecture,
@@ -185,6 +186,11 @@ class Embedder:
             std=model.std,
             device=str(model.device),
             precision=model.precision,
+            precision_requested=choice.requested if choice else None,
+            precision_reason=choice.reason if choice else None,
+            cpu_capability=choice.cpu_capability if choice else None,
+            precision_probe_ms=choice.probe_ms or None if choice else None,
+            precision_probe_seconds=choice.probe_seconds if choice and choice.probe_ms else None,
             parameters=model.parameters,
             torch_threads=torch.get_num_threads(),
             max_batch_size=self.settings.max_batch_size,

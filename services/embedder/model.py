@@ -13,15 +13,14 @@ import open_clip
 import torch
 from PIL import Image
 
+from services.embedder import precision as precisions
+from services.embedder.precision import INPUT_DTYPES, PrecisionChoice, PrecisionError
 from services.embedder.preprocess import Transform, describe, pybioclip_transform
 from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# x86 flags under which oneDNN runs bf16 natively; without them bf16 is emulated and slower than fp32.
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 class ModelLoadError(RuntimeError):
@@ -32,15 +31,6 @@ def one_line(text: object, limit: int = 300) -> str:
     """An exception's text on one line (hub errors span several), cut to a readable length."""
     flat = re.sub(r"\s+", " ", str(text)).strip()
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 @dataclass
@@ -59,13 +49,15 @@ class LoadedModel:
     dim: int
     device: torch.device
     precision: str = "fp32"
+    choice: PrecisionChoice | None = None  # what `precision` was chosen from, and why
     logit_scale: float = 100.0  # exp(the model's learned logit scale): softmax temperature for classify
     # One forward pass at a time: torch already spreads one pass over all its threads.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.precision]
+        """What input tensors are cast to (float32 for int8, which quantizes activations inside each layer)."""
+        return INPUT_DTYPES[self.precision]
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded RGB image as the model's input tensor (C, H, W), float32."""
@@ -141,26 +133,21 @@ def _check_device(settings: EmbedderSettings) -> torch.device:
         raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but MPS is not available; set EMBEDDER_DEVICE=cpu")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not supported; use cpu, cuda or mps")
-    if settings.precision == "fp16" and device.type == "cpu":
-        raise ModelLoadError("EMBEDDER_PRECISION=fp16 is for GPUs; on the CPU use bf16, fp32 or auto")
-    if settings.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
-        logger.warning(
-            "EMBEDDER_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16, "
-            "which is usually slower than fp32"
-        )
+    if settings.precision != "auto":
+        try:
+            precisions.check(settings.precision, device)
+        except PrecisionError as exc:
+            raise ModelLoadError(str(exc)) from exc
     return device
 
 
-def resolve_precision(setting: str, device: torch.device, native_bf16: bool) -> str:
-    """`auto`: fp16 on a CUDA GPU, bf16 on a CPU that computes it natively, fp32 elsewhere (emulated bf16 is
-    slower than fp32). docs/benchmarks/embedder.md has the accuracy check that allows it: every vector's
-    cosine to fp32 stayed >= 0.9999."""
-    if setting != "auto":
+def _build_precision(setting: str, device: torch.device) -> str:
+    """The precision open_clip builds the model in: int8 and `auto` on a CPU start from fp32 (the probe and the
+    quantizer work on fp32 weights); auto on CUDA is fp16 without a probe."""
+    if setting in ("fp32", "bf16", "fp16"):
         return setting
-    if device.type == "cuda":
+    if setting == "auto" and device.type == "cuda":
         return "fp16"
-    if device.type == "cpu" and native_bf16:
-        return "bf16"
     return "fp32"
 
 
@@ -169,7 +156,6 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = _check_device(settings)
-    precision = resolve_precision(settings.precision, device, native_bf16_cpu())
     if settings.architecture_config is not None:
         if not settings.architecture_config.is_file():
             raise ModelLoadError(f"EMBEDDER_ARCHITECTURE_CONFIG={settings.architecture_config} does not exist")
@@ -188,28 +174,19 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
             f"EMBEDDER_MODEL={name} is not an open_clip architecture; set EMBEDDER_ARCHITECTURE_CONFIG "
             "to its config JSON or use an hf-hub: name"
         )
-    cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    built = _build_precision(settings.precision, device)
+    model, open_clip_preprocess, tokenizer = _create(settings, name, device, built)
     try:
-        model, _, open_clip_preprocess = open_clip.create_model_and_transforms(
-            name,
-            pretrained=str(settings.checkpoint) if settings.checkpoint else None,
-            device=device,
-            precision=precision,
-            cache_dir=cache_dir,
-        )
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
-    except Exception as exc:
-        hint = (
-            "the weights could not be had from the hub (offline, or a wrong name): set EMBEDDER_CACHE_DIR to "
-            "a model cache that holds them, or download them and set EMBEDDER_MODEL=<architecture> with "
-            "EMBEDDER_CHECKPOINT=<file>"
-            if from_hub
-            else "check that EMBEDDER_CHECKPOINT holds weights for EMBEDDER_MODEL"
-        )
-        raise ModelLoadError(
-            f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"
-        ) from exc
-    model.eval()
+        choice = precisions.choose(settings.precision, device, model, auto_int8=settings.auto_int8)
+    except PrecisionError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    precision = choice.precision
+    if precision == "bf16" and built != "bf16":
+        # auto chose bf16 on the probe: open_clip builds bf16 models itself (layer norms kept in fp32).
+        del model
+        model, open_clip_preprocess, tokenizer = _create(settings, name, device, "bf16")
+    elif precision == "int8":
+        precisions.quantize_int8(model)
     visual = model.visual
     size = visual.image_size
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -238,6 +215,7 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         dim=dim,
         device=device,
         precision=precision,
+        choice=choice,
         logit_scale=logit_scale,
     )
     # The first forward pass is slow (allocations, kernel selection): pay it before serving.
@@ -248,11 +226,41 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         settings.checkpoint or ("random weights" if settings.random_weights and not from_hub else "hub"),
         dim,
         settings.preprocessing,
-        precision if settings.precision != "auto" else f"{precision} (auto)",
+        precision if settings.precision != "auto" else f"{precision} (auto: {choice.reason})",
         device,
         torch.get_num_threads(),
     )
     return loaded
+
+
+def _create(
+    settings: EmbedderSettings, name: str, device: torch.device, precision: str
+) -> tuple[torch.nn.Module, Transform, open_clip.tokenizer.SimpleTokenizer]:
+    """open_clip's model (in eval mode), its own transform and its tokenizer; any failure is a ModelLoadError."""
+    from_hub = name.startswith(HF_HUB_PREFIX)
+    cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    try:
+        model, _, open_clip_preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=str(settings.checkpoint) if settings.checkpoint else None,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+        )
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except Exception as exc:
+        hint = (
+            "the weights could not be had from the hub (offline, or a wrong name): set EMBEDDER_CACHE_DIR to "
+            "a model cache that holds them, or download them and set EMBEDDER_MODEL=<architecture> with "
+            "EMBEDDER_CHECKPOINT=<file>"
+            if from_hub
+            else "check that EMBEDDER_CHECKPOINT holds weights for EMBEDDER_MODEL"
+        )
+        raise ModelLoadError(
+            f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
+    model.eval()
+    return model, open_clip_preprocess, tokenizer
 
 
 def describe_transform(loaded: LoadedModel) -> list[str]:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from services.embedder.app import create_app
 from services.embedder.engine import load_resources
-from services.embedder.model import ModelLoadError, load_model, native_bf16_cpu, resolve_precision
+from services.embedder.model import ModelLoadError, load_model
 from services.embedder.settings import EmbedderSettings
 from stack.processes import ROOT
 from tests.conftest import ImageFactory
@@ -117,32 +117,6 @@ def test_bf16_runs_and_stays_close_to_fp32(embedder_settings: EmbedderSettings, 
     cosines = (fp32 * bf16).sum(axis=1)
     assert np.all(cosines > 0.99) and not np.array_equal(fp32, bf16)
     np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("setting", "device", "native_bf16", "expected"),
-    [
-        ("auto", "cuda", False, "fp16"),
-        ("auto", "cpu", True, "bf16"),
-        ("auto", "cpu", False, "fp32"),
-        ("auto", "mps", True, "fp32"),
-        ("fp32", "cuda", True, "fp32"),
-        ("bf16", "cpu", False, "bf16"),
-    ],
-)
-def test_auto_precision_is_reduced_only_where_the_hardware_computes_it(
-    setting: str, device: str, native_bf16: bool, expected: str
-) -> None:
-    assert resolve_precision(setting, torch.device(device), native_bf16) == expected
-
-
-def test_the_default_precision_is_auto_and_model_info_names_what_it_chose(
-    embedder_settings: EmbedderSettings,
-) -> None:
-    assert EmbedderSettings.model_fields["precision"].default == "auto"
-    with running(embedder_settings.model_copy(update={"precision": "auto"})) as client:
-        info = client.get("/v1/model").json()
-    assert info["precision"] == ("bf16" if native_bf16_cpu() else "fp32")
 
 
 def test_fp16_on_the_cpu_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
