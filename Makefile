@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-fetcher clean
+.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-fetcher check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,15 @@ docs: install ## Regenerate docs/operations.md's settings tables from the settin
 
 bench: bench-embedder bench-search bench-fetcher ## Run every benchmark (minutes; results go in docs/benchmarks/)
 
-bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random weights
+bench-embedder: install ## Embedder latency, throughput and precision quality, ViT-L-14 with random weights, on this CPU and limited to AVX2
 	$(PY) -m bench.embedder
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m bench.embedder --cpu-label avx2
+
+check-precision: install ## Reduced precision vs fp32 on your weights and photos: MODEL=... PHOTOS=dir [CHECKPOINT= CONFIG= INDEX= PRECISIONS=int8]
+	@test -n "$(MODEL)" -a -n "$(PHOTOS)" || { echo "usage: make check-precision MODEL=<hf-hub:name or architecture> PHOTOS=<folder> [CHECKPOINT=<weights>] [CONFIG=<architecture json>] [INDEX=<faiss index>] [PRECISIONS=int8,bf16]"; exit 2; }
+	$(PY) -m bench.precision_check --model "$(MODEL)" --photos "$(PHOTOS)" --precisions "$(or $(PRECISIONS),int8)" \
+		$(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(CONFIG),--architecture-config "$(CONFIG)") \
+		$(if $(INDEX),--index "$(INDEX)")
 
 bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
 	$(PY) -m bench.search

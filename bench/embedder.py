@@ -39,7 +39,8 @@ import torch
 from PIL import Image
 
 from services.common.images import decode_image
-from services.embedder.model import LoadedModel, load_model, native_bf16_cpu
+from services.embedder.model import LoadedModel, load_model
+from services.embedder.precision import cpu_capability, native_bf16
 from services.embedder.settings import EmbedderSettings
 from stack.demo_collection import SPECIES, draw_specimen
 from stack.processes import ROOT, ServiceProcess, service
@@ -109,7 +110,8 @@ def machine() -> dict[str, Any]:
         "amx_bf16": "amx_bf16" in flags,
         "avx512f": "avx512f" in flags,
         "avx2": "avx2" in flags,
-        "native_bf16": native_bf16_cpu(),
+        "native_bf16": native_bf16(cpu_capability()),
+        "torch_cpu_capability": cpu_capability(),
         "gpu": gpu,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
