@@ -4,10 +4,10 @@ ViT-L-14 with random weights (BioCLIP-2's architecture), the image tower at batc
 candidates timed in alternation (round after round) so that all see the same load from whatever else runs:
 
 - `torch fp32`: the open_clip model as the embedder runs it (the reference for cosine);
-- `torchao int8`: the same model after `quantize_(model, Int8DynamicActivationInt8WeightConfig())`, what
-  `EMBEDDER_PRECISION=int8` runs;
+- `torchao int8`: the same model after `quantize_(model, Int8DynamicActivationInt8WeightConfig())` (eager);
 - `onnxruntime fp32` and `onnxruntime int8`: the image tower exported to ONNX, then
-  `onnxruntime.quantization.quantize_dynamic` (int8 weights, dynamic int8 activations), on the CPU provider.
+  `onnxruntime.quantization.quantize_dynamic` (int8 weights, dynamic int8 activations), on the CPU provider:
+  what `EMBEDDER_PRECISION=int8` runs (services/embedder/precision.py).
 
     python -m bench.embedder_int8                      # this CPU
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m bench.embedder_int8   # PyTorch limited to AVX2
@@ -36,7 +36,7 @@ import torch
 
 from bench.embedder import machine, varied_images
 from services.common.images import decode_image
-from services.embedder.precision import cpu_capability, quantize_int8
+from services.embedder.precision import cpu_capability
 from services.embedder.preprocess import pybioclip_transform
 
 logger = logging.getLogger(__name__)
@@ -54,10 +54,33 @@ class _ImageTower(torch.nn.Module):
 
 
 def _onnx_sessions(model: torch.nn.Module, folder: Path, threads: int) -> dict[str, object]:
+    """ONNX Runtime sessions for the fp32 export and its dynamically quantized copy; files already in `folder`
+    (from an earlier run with the same seed) are reused, the export and quantization taking minutes here."""
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, int8_path = folder / "image.onnx", folder / "image.int8.onnx"
+    if fp32_path.is_file() and int8_path.is_file():
+        exported = quantized = float("nan")
+    else:
+        exported, quantized = _export(model, fp32_path, int8_path, quantize_dynamic, QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sessions = {
+        "onnxruntime fp32": ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"]),
+        "onnxruntime int8": ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"]),
+    }
+    return {
+        "sessions": sessions,
+        "export_s": round(exported, 1),
+        "quantize_s": round(quantized, 1),
+        "fp32_mb": round(fp32_path.stat().st_size / 1e6),
+        "int8_mb": round(int8_path.stat().st_size / 1e6),
+    }
+
+
+def _export(model: torch.nn.Module, fp32_path: Path, int8_path: Path, quantize_dynamic, qint8) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     # The TorchScript-based exporter: the torch.export-based one needs onnxscript, one more package for a benchmark.
     torch.onnx.export(
@@ -72,28 +95,10 @@ def _onnx_sessions(model: torch.nn.Module, folder: Path, threads: int) -> dict[s
     )
     exported = time.perf_counter() - t0
     t0 = time.perf_counter()
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=qint8)
     quantized = time.perf_counter() - t0
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = {
-        "onnxruntime fp32": ort.InferenceSession(str(fp32_path), options, providers=["CPUExecutionProvider"]),
-        "onnxruntime int8": ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"]),
-    }
-    logger.info(
-        "ONNX export %.1f s (%.0f MB), quantize_dynamic %.1f s (%.0f MB)",
-        exported,
-        fp32_path.stat().st_size / 1e6,
-        quantized,
-        int8_path.stat().st_size / 1e6,
-    )
-    return {
-        "sessions": sessions,
-        "export_s": round(exported, 1),
-        "quantize_s": round(quantized, 1),
-        "fp32_mb": round(fp32_path.stat().st_size / 1e6),
-        "int8_mb": round(int8_path.stat().st_size / 1e6),
-    }
+    logger.info("ONNX export %.1f s, quantize_dynamic %.1f s", exported, quantized)
+    return exported, quantized
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,16 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each times every candidate once")
     parser.add_argument("--images", type=int, default=12, help="varied images for the cosine to fp32")
     parser.add_argument("--no-onnx", action="store_true", help="torch candidates only")
+    parser.add_argument("--onnx-dir", type=Path, help="keep (and reuse) the ONNX files here")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logger.setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = open_clip.create_model(args.model, pretrained=None).eval()
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size)
     transform = pybioclip_transform(size, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
     pixels = torch.stack([transform(decode_image(data, name, 89_478_485)) for name, data in varied_images(args.images)])
     t0 = time.perf_counter()
-    int8 = quantize_int8(copy.deepcopy(model))
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    int8 = copy.deepcopy(model)
+    quantize_(int8, Int8DynamicActivationInt8WeightConfig())
     quantize_s = time.perf_counter() - t0
 
     def torch_runner(m: torch.nn.Module):  # type: ignore[no-untyped-def]
@@ -125,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     onnx: dict[str, object] = {}
     folder = tempfile.TemporaryDirectory(prefix="bench-int8-")
     if not args.no_onnx:
-        onnx = _onnx_sessions(model, Path(folder.name), torch.get_num_threads())
+        where = args.onnx_dir or Path(folder.name)
+        where.mkdir(parents=True, exist_ok=True)
+        onnx = _onnx_sessions(model, where, torch.get_num_threads())
         for name, session in onnx.pop("sessions").items():  # type: ignore[union-attr]
             runners[name] = lambda x, s=session: s.run(None, {"pixels": x.numpy()})[0]  # type: ignore[misc]
     one = pixels[:1]
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.embedder_int8 " + " ".join(argv if argv is not None else sys.argv[1:]),
         "env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "torch_cpu_capability": cpu_capability(),
+        "threads": torch.get_num_threads(),
         "note": "ONNX Runtime ignores ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA: its figures are this CPU's",
         "machine": machine(),
         "load_average": load,

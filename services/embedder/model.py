@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from services.embedder import precision as precisions
-from services.embedder.precision import INPUT_DTYPES, PrecisionChoice, PrecisionError
+from services.embedder.precision import INPUT_DTYPES, Int8Towers, PrecisionChoice, PrecisionError
 from services.embedder.preprocess import Transform, describe, pybioclip_transform
 from services.embedder.settings import EmbedderSettings
 
@@ -50,6 +50,7 @@ class LoadedModel:
     device: torch.device
     precision: str = "fp32"
     choice: PrecisionChoice | None = None  # what `precision` was chosen from, and why
+    int8: Int8Towers | None = None  # int8: the towers ONNX Runtime runs instead of `model`
     logit_scale: float = 100.0  # exp(the model's learned logit scale): softmax temperature for classify
     # One forward pass at a time: torch already spreads one pass over all its threads.
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,7 +71,10 @@ class LoadedModel:
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) input tensors -> (B, dim) unit vectors; vectors come back float32 whatever the precision."""
         with self._lock:
-            vectors = self.model.encode_image(pixels.to(self.device, self.dtype))
+            if self.int8 is not None:
+                vectors = self.int8.encode_image(pixels)
+            else:
+                vectors = self.model.encode_image(pixels.to(self.device, self.dtype))
         return _unit(vectors)
 
     def embed_batch(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -84,7 +88,7 @@ class LoadedModel:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts).to(self.device)
         with self._lock:
-            vectors = self.model.encode_text(tokens)
+            vectors = self.int8.encode_text(tokens) if self.int8 is not None else self.model.encode_text(tokens)
         return _unit(vectors)
 
     def embed_labels(self, labels: list[str], templates: str = "openai", per_pass: int = 256) -> np.ndarray:
@@ -185,8 +189,6 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         # auto chose bf16 on the probe: open_clip builds bf16 models itself (layer norms kept in fp32).
         del model
         model, open_clip_preprocess, tokenizer = _create(settings, name, device, "bf16")
-    elif precision == "int8":
-        precisions.quantize_int8(model)
     visual = model.visual
     size = visual.image_size
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -196,6 +198,11 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         transform = pybioclip_transform(image_size, mean, std)
     else:
         transform = open_clip_preprocess
+    int8 = None
+    if precision == "int8":
+        context = int(getattr(model, "context_length", None) or 77)
+        int8 = Int8Towers(model, image_size, context, settings.cache_dir, torch.get_num_threads())
+        logger.info("int8 towers ready in %.1f s (%s)", int8.seconds, int8.folder or "not cached: no cache_dir")
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["warm-up"]).to(device)).shape[-1])
     scale = getattr(model, "logit_scale", None)
@@ -216,6 +223,7 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         device=device,
         precision=precision,
         choice=choice,
+        int8=int8,
         logit_scale=logit_scale,
     )
     # The first forward pass is slow (allocations, kernel selection): pay it before serving.

@@ -1,4 +1,4 @@
-"""Which numeric precision the model runs in: the choices, int8 through torchao, and `auto`'s start-up probe.
+"""Which numeric precision the model runs in: the choices, int8 through ONNX Runtime, and `auto`'s start-up probe.
 
 `auto` decides by what PyTorch will actually run on this machine, not by the CPU's flags: the ATen
 capability PyTorch dispatched to (`torch.backends.cpu.get_cpu_capability()`, which follows
@@ -10,11 +10,17 @@ token count. docs/architecture.md ("Precision") says why each rule is there.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
+import os
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -59,17 +65,119 @@ def native_bf16(capability: str) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Int8 weights and dynamically quantized int8 activations (per token) in every nn.Linear, in place.
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
-    torchao's `Int8DynamicActivationInt8WeightConfig`; the patch embedding, the attention's packed q/k/v
-    projection (a parameter of nn.MultiheadAttention, not a Linear), layer norms and the final projections stay
-    fp32. Vectors come out float32.
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """The module as ONNX (opset 17, any batch size), through the TorchScript-based exporter: the torch.export-based
+    one needs onnxscript besides, and exports ViT-L/14 no better. Its deprecation and tracer warnings are expected."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            opset_version=17,
+        )
+
+
+def _quantized(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """`module` exported to ONNX and dynamically quantized into `path` (written whole, then renamed into place)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as folder:
+        exported, quantized = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        _export(module, example, exported)
+        quiet = logging.getLogger()
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # the quantizer logs advice about pre-processing on the root logger
+        try:
+            # Weights int8 per tensor; activations quantized to uint8 per call (ONNX Runtime's dynamic recipe).
+            quantize_dynamic(str(exported), str(quantized), weight_type=QuantType.QInt8)
+        finally:
+            quiet.setLevel(level)
+        os.replace(quantized, path)
+    return path
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the weights and of the versions that shape the export: a cache key for the int8 files."""
+    import onnxruntime
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{torch.__version__} {onnxruntime.__version__} {type(model).__name__}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _session(path: Path, threads: int):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class Int8Towers:
+    """The image and text towers with int8 weights and dynamically quantized activations, run by ONNX Runtime.
+
+    Made from the loaded fp32 open_clip model: each tower is exported to ONNX and quantized with
+    `onnxruntime.quantization.quantize_dynamic` (every MatMul and Gemm, the attention's q/k/v projection
+    included). That takes about a minute for ViT-L/14 on 2 cores, so the files are kept under `cache_dir`,
+    keyed by a digest of the weights, and reused on the next start. Outputs are float32, not normalised.
     """
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    return model
+    def __init__(self, model: torch.nn.Module, image_size: int, context_length: int, cache_dir: Path | None,
+                 threads: int) -> None:  # fmt: skip
+        started = time.perf_counter()
+        temporary = None
+        if cache_dir is None:
+            temporary = tempfile.TemporaryDirectory(prefix="embedder-int8-")
+            folder = Path(temporary.name)
+        else:
+            folder = cache_dir / "int8" / _fingerprint(model)
+        try:
+            image = _quantized(_ImageTower(model), torch.zeros(1, 3, image_size, image_size), folder / "image.onnx")
+            text = _quantized(_TextTower(model), torch.zeros(1, context_length, dtype=torch.long), folder / "text.onnx")
+            self.image, self.text = _session(image, threads), _session(text, threads)
+        finally:
+            if temporary is not None:
+                temporary.cleanup()  # ONNX Runtime has read the files
+        self.folder = None if temporary is not None else folder
+        self.seconds = time.perf_counter() - started
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float32 pixels -> (B, dim) float32 vectors."""
+        return torch.from_numpy(self.image.run(None, {"input": pixels.float().numpy()})[0])
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, context) int64 tokens -> (B, dim) float32 vectors."""
+        return torch.from_numpy(self.text.run(None, {"input": tokens.numpy().astype(np.int64)})[0])
 
 
 def check(precision: str, device: torch.device) -> None:
@@ -78,7 +186,7 @@ def check(precision: str, device: torch.device) -> None:
         raise PrecisionError("EMBEDDER_PRECISION=fp16 is for GPUs; on the CPU use fp32, int8, bf16 or auto")
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(
-            f"EMBEDDER_PRECISION=int8 runs on the CPU (torchao's CPU kernels); on {device.type} use fp16 or auto"
+            f"EMBEDDER_PRECISION=int8 runs on the CPU (ONNX Runtime's CPU kernels); on {device.type} use fp16 or auto"
         )
     if precision == "bf16" and device.type == "cpu" and not native_bf16(cpu_capability()):
         logger.warning(
@@ -103,27 +211,39 @@ def probe_block(model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[int, ...
     return blocks[0], shape
 
 
-def _candidate(block: torch.nn.Module, precision: str) -> torch.nn.Module:
+class _Block(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def _candidate(block: torch.nn.Module, precision: str, x: torch.Tensor, folder: Path):  # type: ignore[no-untyped-def]
+    """A callable running `block` on `x` in `precision`: a copy in torch, or (int8) its quantized ONNX export."""
     copied = copy.deepcopy(block).float()
-    if precision == "bf16":
-        return copied.to(torch.bfloat16)
     if precision == "int8":
-        return quantize_int8(copied)
-    return copied
+        session = _session(_quantized(_Block(copied), x, folder / "block.onnx"), torch.get_num_threads())
+        feed = {"input": x.numpy()}
+        return lambda: session.run(None, feed)
+    if precision == "bf16":
+        copied, x = copied.to(torch.bfloat16), x.to(torch.bfloat16)
+    return lambda: copied(x)
 
 
 @torch.inference_mode()
-def _time(block: torch.nn.Module, x: torch.Tensor, give_up_ms: float) -> float:
+def _time(run, give_up_ms: float) -> float:  # type: ignore[no-untyped-def]
     """Fastest of PROBE_RUNS timed runs (ms), after a warm-up; the warm-up's time when it exceeds give_up_ms."""
     t0 = time.perf_counter()
-    block(x)
+    run()
     warm = (time.perf_counter() - t0) * 1000
     if warm > give_up_ms:
         return warm
     runs = []
     for _ in range(PROBE_RUNS):
         t0 = time.perf_counter()
-        block(x)
+        run()
         runs.append((time.perf_counter() - t0) * 1000)
     return min(runs)
 
@@ -137,11 +257,12 @@ def probe(model: torch.nn.Module, candidates: list[str]) -> dict[str, float] | N
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=generator)
     timings: dict[str, float] = {}
-    for precision in candidates:
-        candidate = _candidate(block, precision)
-        best = min(timings.values(), default=math.inf)
-        timings[precision] = round(_time(candidate, x.to(INPUT_DTYPES[precision]), PROBE_GIVE_UP * best), 3)
-        del candidate
+    with tempfile.TemporaryDirectory(prefix="embedder-probe-") as folder:
+        for precision in candidates:
+            candidate = _candidate(block, precision, x, Path(folder))
+            best = min(timings.values(), default=math.inf)
+            timings[precision] = round(_time(candidate, PROBE_GIVE_UP * best), 3)
+            del candidate
     return timings
 
 

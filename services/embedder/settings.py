@@ -39,8 +39,9 @@ class EmbedderSettings(ServiceSettings):
         description="Weights and activations. `auto`: fp16 on a CUDA GPU; on the CPU the fastest of fp32, bf16 "
         "(only where PyTorch runs it natively: AVX512-BF16 or AMX) and int8 (only with `auto_int8`) in a short "
         "start-up probe. `fp32`; `bf16` (emulated, several times slower than fp32, without native support); "
-        "`fp16` (GPU only); `int8` (CPU only: torchao int8 weights and per-token int8 activations in the Linear "
-        "layers). Vectors are float32. /v1/model says what was chosen and why.",
+        "`fp16` (GPU only); `int8` (CPU only: ONNX Runtime with int8 weights and dynamically quantized "
+        "activations; the quantized towers are made at start-up, about a minute for ViT-L/14, and kept under "
+        "`cache_dir`). Vectors are float32. /v1/model says what was chosen and why.",
     )
     auto_int8: bool = Field(
         False,
@@ -48,7 +49,9 @@ class EmbedderSettings(ServiceSettings):
         "`precision=int8`) only after `make check-precision` has compared int8 with fp32 on your own weights, "
         "photos and collection (docs/operations.md).",
     )
-    cache_dir: Path | None = Field(None, description="Where hub downloads are cached.")
+    cache_dir: Path | None = Field(
+        None, description="Where hub downloads are cached, and the int8 towers (under `int8/`) between starts."
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset lets torch choose.")
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Most images in one forward pass; concurrent requests are batched together."

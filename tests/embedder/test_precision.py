@@ -1,4 +1,4 @@
-"""Precision: int8 through torchao, `auto`'s probe-based choice, and what /v1/model says about it."""
+"""Precision: int8 through ONNX Runtime, `auto`'s probe-based choice, and what /v1/model says about it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,19 @@ def test_model_info_reports_the_choice_its_reason_and_the_probe(embedder_setting
         info = client.get("/v1/model").json()
     assert info["precision"] == "int8" and info["precision_requested"] == "int8"
     assert info["precision_reason"] == "set by EMBEDDER_PRECISION" and info["precision_probe_ms"] is None
+
+
+def test_int8_towers_are_kept_under_the_cache_dir_and_reused(
+    embedder_settings: EmbedderSettings, tmp_path: Path
+) -> None:
+    settings = embedder_settings.model_copy(update={"precision": "int8", "cache_dir": tmp_path})
+    first = load_model(settings)
+    assert first.int8 is not None and first.int8.folder is not None
+    files = sorted(first.int8.folder.glob("*.onnx"))
+    assert [f.name for f in files] == ["image.onnx", "text.onnx"]
+    made = [f.stat().st_mtime_ns for f in files]
+    second = load_model(settings)
+    assert second.int8 is not None and second.int8.folder == first.int8.folder
+    assert [f.stat().st_mtime_ns for f in files] == made  # read again, not remade
+    image = [Image.new("RGB", (64, 64), (200, 30, 30))]
+    np.testing.assert_allclose(first.embed_images(image), second.embed_images(image), atol=1e-6)
