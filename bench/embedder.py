@@ -112,6 +112,11 @@ class PrecisionRun:
     def concurrency_gain(self) -> float:
         return self.concurrent_images_per_s / self.one_at_a_time_images_per_s
 
+    @property
+    def service_gain(self) -> float:
+        """8 clients against the same service answering one request at a time."""
+        return self.concurrent_images_per_s / (1000 / self.service_median)
+
 
 def machine() -> dict[str, Any]:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -383,14 +388,15 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs: list[PrecisionR
         "images indexed with fp32 vectors.",
         "",
         "| precision (ran) | in-process, 1 image (ms, median) | forward alone (ms) | service, 1 image (ms, median) "
-        "| service overhead | in-process batched (img/s) | service, concurrent (img/s) | vs one at a time "
+        "| service overhead | in-process batched (img/s) | service, concurrent (img/s) "
+        "| vs one at a time: in-process; service "
         "| cosine to fp32 (min / median) | top-10 overlap (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         concurrent = (
             f"{run.concurrent_images_per_s:.3f} ({run.concurrent_images} in {run.concurrent_seconds:.0f} s) "
-            f"| {run.concurrency_gain:.2f}x"
+            f"| {run.concurrency_gain:.2f}x; {run.service_gain:.2f}x"
             if run.concurrent_seconds
             else "not run | -"
         )
@@ -415,8 +421,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs: list[PrecisionR
         )
         if run.concurrent_seconds:
             lines.append(
-                f"| {run.precision}: >= 1.3x in-process one-at-a-time throughput, {run.clients} clients "
-                f"| {run.concurrency_gain:.2f}x | {_yn(run.concurrency_gain >= TARGETS['concurrency'])} |"
+                f"| {run.precision}: >= 1.3x one-at-a-time throughput, {run.clients} clients "
+                f"| {run.concurrency_gain:.2f}x in-process; {run.service_gain:.2f}x the service's "
+                f"| {_yn(min(run.concurrency_gain, run.service_gain) >= TARGETS['concurrency'])} |"
             )
     if "int8" in by_name and "fp32" in by_name:
         int8, fp32 = by_name["int8"], by_name["fp32"]
