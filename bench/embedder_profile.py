@@ -42,7 +42,7 @@ BUCKETS = (
     ("json", ("jsonable_encoder", "serialize", "tolist", "model_dump", "render")),
     ("batcher", ("batching.py",)),
 )
-IDLE = ("threading.py)", "selectors.py)", "queue.py)")  # where a thread waits for work: its innermost frame
+IDLE = ("threading.py)", "selectors.py)", "queue.py)", "_worker (futures/thread.py)")  # waiting for work
 
 
 def bucket(frames: list[str]) -> str:
