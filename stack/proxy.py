@@ -75,7 +75,13 @@ def write_config(folder: Path, *, port: int, upstream: str, **overrides: str) ->
     `overrides` replace DEFAULTS (e.g. PROXY_HEADER_TIMEOUT="2s" for a quick test).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    values = {**DEFAULTS, **overrides, "PROXY_LISTEN": f"127.0.0.1:{port}", "PROXY_UPSTREAM": upstream}
+    values = {
+        **DEFAULTS,
+        "PROXY_RESOLVER": "127.0.0.1",  # never asked: the upstream is an address
+        **overrides,
+        "PROXY_LISTEN": f"127.0.0.1:{port}",
+        "PROXY_UPSTREAM": upstream,
+    }
     (folder / "default.conf").write_text(render(TEMPLATE.read_text(), values))
     # Run as root (a container, CI), nginx's workers would switch to `nobody`, who cannot write here.
     user = "user root root;\n" if os.geteuid() == 0 else ""
