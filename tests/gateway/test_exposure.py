@@ -110,7 +110,7 @@ def test_redaction_keeps_a_reason_without_addresses() -> None:
 
 def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert GatewaySettings(trusted_proxies="10.0.0.5, 172.30.57.0/24, ::1").trusted_proxies
-    with pytest.raises(ValidationError, match="proxy.internal"):
+    with pytest.raises(ValidationError, match=r"proxy\.internal"):
         GatewaySettings(trusted_proxies="10.0.0.5,proxy.internal")
 
 
