@@ -17,7 +17,7 @@ _INTERNAL = re.compile(
     r"""
     [a-z][a-z0-9+.-]*://[^\s'",)]+                  # any URL
     | \[[0-9a-f:.%\w]*:[0-9a-f:.%\w]*\](?::\d+)?        # bracketed IPv6, with an optional port
-    | (?<![\w:])[0-9a-f]*::[0-9a-f:.]*(?:%\w+)?        # IPv6 with "::"
+    | (?<![\w:])(?=[0-9a-f:.]*::)[0-9a-f:.]*[0-9a-f:](?:%\w+)?  # IPv6 with "::"
     | \b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b          # IPv6 in full
     | \b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b          # IPv4, with an optional port
     | \b[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)*:\d{2,5}\b  # host:port

@@ -1,8 +1,9 @@
 """Hardening headers on every answer of the gateway: the page, its files and the API.
 
 The Content-Security-Policy lets the page load scripts, styles, images and API answers from the
-gateway's own origin only ('self'), plus `blob:` images (the preview of the photo being uploaded is
-an object URL made in the page); no inline script or style, no plugins, and no other site may put
+gateway's own origin only ('self'), plus images the page makes itself: `blob:` (the preview of the
+photo being uploaded is an object URL) and `data:` (the empty favicon; an image cannot run script).
+No inline script or style, no plugins, and no other site may put
 the page in a frame. The interactive API docs (/docs, /redoc) are FastAPI's, which load Swagger UI
 and ReDoc from their CDN with an inline script: they get a policy of their own that allows that CDN
 and nothing else. References: MDN, "Content-Security-Policy"; OWASP Secure Headers Project.
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger(__name__)
 
 PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 DOCS_CDN = "https://cdn.jsdelivr.net"

@@ -54,7 +54,7 @@ def test_page_policy_allows_only_the_gateways_own_origin() -> None:
     directives = dict(d.strip().split(" ", 1) for d in PAGE_POLICY.split(";"))
     assert directives["default-src"] == "'self'"
     assert directives["script-src"] == directives["style-src"] == directives["connect-src"] == "'self'"
-    assert directives["img-src"] == "'self' blob:"  # the upload preview is an object URL
+    assert directives["img-src"] == "'self' blob: data:"  # the upload preview, the empty favicon
     assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
     assert "unsafe" not in PAGE_POLICY and "http" not in PAGE_POLICY
 
