@@ -74,6 +74,7 @@ def write_config(folder: Path, *, port: int, upstream: str, **overrides: str) ->
 
     `overrides` replace DEFAULTS (e.g. PROXY_HEADER_TIMEOUT="2s" for a quick test).
     """
+    folder = folder.resolve()  # nginx takes relative paths from its prefix, not from here
     folder.mkdir(parents=True, exist_ok=True)
     values = {
         **DEFAULTS,
