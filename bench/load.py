@@ -251,7 +251,7 @@ def run(users: int, duration: int, out: Path, use_proxy: bool, scenario: str) ->
     finally:
         if front is not None:
             front.stop()
-        runner.send_signal(signal.SIGINT)
+        runner.send_signal(signal.SIGTERM)  # stops everything it started, as Ctrl-C does
         try:
             runner.wait(60)
         except subprocess.TimeoutExpired:

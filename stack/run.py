@@ -96,6 +96,8 @@ def run(log_dir: Path) -> int:
         return process
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # Explicitly too: a runner started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         check_free(claims(demo))
         search_env: dict[str, str] = {}
