@@ -171,3 +171,27 @@ def test_proxy_config_is_the_template_with_only_its_values_filled_in(front: Prox
     assert f"client_header_timeout {HEADER_TIMEOUT:.0f}s;" in rendered
     assert f"client_max_body_size {DEFAULTS['PROXY_MAX_BODY_BYTES']};" in rendered
     assert "$proxy_add_x_forwarded_for" in rendered  # nginx's own variables untouched
+
+
+def test_connections_past_the_per_client_limit_are_refused_while_others_are_served(front: ProxyProcess) -> None:
+    limit = int(DEFAULTS["PROXY_CONNECTIONS_PER_CLIENT"])
+    head = (
+        b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    held: list[socket.socket] = []
+    try:
+        # Requests whose bodies are still coming in count as open; each sends its headers and one byte.
+        for _ in range(limit):
+            sock = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+            sock.sendall(head + b"{")
+            held.append(sock)
+        time.sleep(0.5)
+        with _client_from("127.0.0.1") as client:
+            refused = client.get(front.url + "/api/health")
+        with _client_from("127.0.0.4") as other:
+            served = other.get(front.url + "/api/health")
+    finally:
+        for sock in held:
+            sock.close()
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_connections"
+    assert served.status_code in (200, 503) and "error" not in served.json()
