@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher clean
+.PHONY: help install run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ format: install ## Fix what ruff can fix and format the code
 docs: install ## Regenerate docs/operations.md's settings tables from the settings classes
 	$(PY) -m stack.settings_doc --write docs/operations.md
 
-bench: bench-embedder bench-search bench-fetcher ## Run every benchmark (minutes; results go in docs/benchmarks/)
+bench: bench-embedder bench-search bench-fetcher bench-load ## Run every benchmark (minutes; results go in docs/benchmarks/)
 
 bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random weights
 	$(PY) -m bench.embedder
@@ -45,6 +45,9 @@ bench-search: install ## Search latency, recall and metadata lookups on a synthe
 
 bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
 	$(PY) -m bench.fetcher
+
+bench-load: install ## The demo stack under 16 page users for 60 s (locust, through nginx when installed)
+	$(PY) -m bench.load
 
 clean: ## Remove the demo data, logs and caches (not .venv)
 	rm -rf var .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
@@ -16,6 +17,7 @@ from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
 from gateway.routes import health, records, search, vocabulary
 from gateway.searching import Searcher
+from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
@@ -61,10 +63,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Search a labelled collection of organism photos by photo or by taxon name.",
         errors=ERROR_STATUS,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.trusted_proxies:  # outermost: everything inside sees the client the proxy saw
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(search.router)
     app.include_router(records.router)
     app.include_router(health.router)
     app.include_router(vocabulary.router)
+    app.include_router(health.internal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The page lives at / and its files under /static, so /api paths never fall through to files.

@@ -20,7 +20,8 @@ from pathlib import Path
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from stack.demo_collection import SPECIES, generate_collection, write_manifest
 from stack.demo_labels import write_species_labels
-from stack.processes import ROOT, ServiceProcess, StartFailed, service, stop_all
+from stack.ports import Claim, PortInUse, check_free
+from stack.processes import ROOT, SERVICES, ServiceProcess, StartFailed, service, stop_all
 from stack.tiny_model import write_tiny_model
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,22 @@ def build_demo(embedder: ServiceProcess, source_url: str) -> int:
     return sum(1 for _ in manifest.open()) - 1
 
 
+def defaults(env: dict[str, str]) -> dict[str, str]:
+    """`env` less what the user has set: the runner's values are defaults, the user's settings win."""
+    return {key: value for key, value in env.items() if key not in os.environ}
+
+
+def claims(demo: bool) -> list[Claim]:
+    """Every port the run will listen on, as the services will read it from the environment."""
+    found = [
+        Claim(name, os.environ.get(f"{name.upper()}_HOST", "127.0.0.1"), service(name).port, f"{name.upper()}_PORT")
+        for name in SERVICES
+    ]
+    if demo:
+        found.append(Claim("demo-source", "127.0.0.1", DEMO_SOURCE_PORT, "STACK_DEMO_SOURCE_PORT"))
+    return found
+
+
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM (from a supervisor) stops the stack the same way Ctrl-C does.
     raise KeyboardInterrupt
@@ -79,7 +96,10 @@ def run(log_dir: Path) -> int:
         return process
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # Explicitly too: a runner started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
+        check_free(claims(demo))
         search_env: dict[str, str] = {}
         gateway_env: dict[str, str] = {}
         if demo:
@@ -95,29 +115,29 @@ def run(log_dir: Path) -> int:
                 )
             )  # fmt: skip
             labels = write_species_labels(DEMO_DIR / "labels", model)
-            embedder_env = {**model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)}
+            embedder_env = defaults({**model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)})
             embedder = start(service("embedder", env=embedder_env, log_dir=log_dir))
             records = build_demo(embedder, source.url)
             search_env["SEARCH_DATA_DIR"] = str(DEMO_DIR / "collection")
             gateway_env["GATEWAY_NOTICE"] = DEMO_NOTICE.format(records=records, species=len(SPECIES))
         else:
             embedder = start(service("embedder", log_dir=log_dir))
-        search = start(service("search", env=search_env, log_dir=log_dir))
+        search = start(service("search", env=defaults(search_env), log_dir=log_dir))
         fetcher_env = {"FETCHER_CACHE_DIR": str(ROOT / "var" / "cache" / "fetcher")}
         if demo:
             # The demo's image source is on this machine; the fetcher refuses private addresses otherwise.
             fetcher_env["FETCHER_ALLOW_PRIVATE_NETWORKS"] = "127.0.0.0/8"
-        fetcher = start(service("fetcher", env=fetcher_env, log_dir=log_dir))
+        fetcher = start(service("fetcher", env=defaults(fetcher_env), log_dir=log_dir))
         for backend in (embedder, search, fetcher):
             gateway_env[f"GATEWAY_{backend.name.upper()}_URL"] = backend.url
-        gateway = start(service("gateway", env=gateway_env, log_dir=log_dir))
+        gateway = start(service("gateway", env=defaults(gateway_env), log_dir=log_dir))
         print(f"\nReady: open {gateway.url}/  (API docs: {gateway.url}/docs; logs in {log_dir}). Ctrl-C stops.\n")
         while all(p.process is not None and p.process.poll() is None for p in processes):
             time.sleep(0.5)
         failed = next(p for p in processes if p.process is not None and p.process.poll() is not None)
         logger.error("%s stopped unexpectedly:\n%s", failed.name, failed.log_tail())
         return 1
-    except StartFailed as exc:
+    except (PortInUse, StartFailed) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

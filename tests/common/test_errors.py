@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("services", "gateway", "collection")
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
 # The edge: where a service meets HTTP. Everything else is core and must not know a web framework.
-EDGE_NAMES = {"app.py", "__main__.py", "dependencies.py"}
+# Middleware wraps every answer, so it is edge too.
+EDGE_NAMES = {"app.py", "__main__.py", "dependencies.py", "security_headers.py"}
 EDGE_COMMON = {"http_errors.py", "service.py", "limits.py", "logging.py", "serve.py"}
 
 
