@@ -85,7 +85,9 @@ class Embedder:
 
     def _prepare(self, data: bytes, name: str) -> torch.Tensor:
         try:
-            image = decode_image(data, name, self.settings.max_image_pixels)
+            # Both preprocessings resize so that the shortest side becomes the model's size: a large JPEG is
+            # decoded straight at the smallest scale that still covers it.
+            image = decode_image(data, name, self.settings.max_image_pixels, shortest_side=self.model.image_size)
         except InvalidImage as exc:
             error = BadRequest if exc.code == "empty_file" else Unprocessable
             raise error(exc.message, code=exc.code) from exc
