@@ -100,11 +100,8 @@ def decode_image(
     if not data:
         raise InvalidImage("empty_file", f"{name}: the file is empty")
     claimed = claimed_format(data)
-    if claimed in _HEIF_CONTAINERS:
-        declared = declared_size(data)
-        if declared is not None:
-            _check_pixels(name, *declared, max_pixels)
     try:
+        # Opening reads the header only: no pixel is decoded before _reduce has checked the size.
         image = Image.open(io.BytesIO(without_metadata(data)), formats=ALLOWED_FORMATS)
     except Exception as exc:
         if claimed is None:
@@ -112,6 +109,11 @@ def decode_image(
                 "not_an_image", f"{name}: not an image in a supported format ({allowed_format_names()})"
             ) from exc
         _log_unexpected(name, exc)
+        declared = declared_size(data) if claimed in _HEIF_CONTAINERS else None
+        if declared is not None:
+            # libheif and libavif refuse some headers outright (their own security limits, missing image
+            # data): the size the file declares still says whether it was too large before anything else.
+            _check_pixels(name, *declared, max_pixels)
         kind = FORMAT_NAMES[claimed]
         raise InvalidImage(
             "corrupt_image", f"{name}: the {kind} file is truncated or corrupt (its header cannot be read)"
