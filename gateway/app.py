@@ -13,11 +13,11 @@ from fastapi.staticfiles import StaticFiles
 from gateway.clients import ServiceClients
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.routes import health, records, search
+from gateway.routes import health, previews, records, search
 from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
-from services.common.service import create_service_app
+from services.common.service import BlockingPool, create_service_app
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -41,6 +41,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
+        app.state.preview_pool = BlockingPool(settings.max_concurrent_previews)
         app.state.ready = True
         async with client:
             yield
@@ -56,6 +57,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     app.include_router(search.router)
     app.include_router(records.router)
+    app.include_router(previews.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
