@@ -250,3 +250,30 @@ def test_bytes_of_no_supported_format_are_not_an_image(data: bytes) -> None:
     with pytest.raises(InvalidImage) as refused:
         decode_image(data, "notes.txt", 10**8)
     assert refused.value.code == "not_an_image"
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def test_malformed_jpeg_metadata_segments_do_not_cost_the_picture() -> None:
+    data = _encode(Image.new("RGB", (32, 24), (240, 200, 10)), "JPEG", quality=95)
+    junk = (
+        _segment(0xE0, b"JFIF\x00\x01")  # a JFIF header cut short
+        + _segment(0xE2, b"MPF\x00" + b"\xff" * 40)  # a multi-picture index that points nowhere
+        + _segment(0xE2, b"ICC_PROFILE\x00\x07\x03" + os.urandom(500))  # ICC chunk 7 of 3
+        + _segment(0xED, b"Photoshop 3.0\x00" + os.urandom(300))
+        + _segment(0xFE, b"a comment")
+    )
+    decoded = decode_image(data[:2] + junk + data[2:], "odd-segments.jpg", 10**8)
+    red, green, blue = decoded.getpixel((16, 12))
+    assert decoded.size == (32, 24) and red > 220 and green > 180 and blue < 50
+
+
+def test_a_multi_picture_jpeg_gives_its_first_picture() -> None:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    out = io.BytesIO()
+    frames[0].save(out, format="MPO", save_all=True, append_images=frames[1:])
+    decoded = decode_image(out.getvalue(), "stereo.jpg", 10**8)
+    red, _, blue = decoded.getpixel((20, 15))
+    assert decoded.size == (40, 30) and red > 200 and blue < 50
