@@ -145,7 +145,7 @@ def claimed_format(data: bytes) -> str | None:
     for fmt in ALLOWED_FORMATS:
         accept = Image.OPEN[fmt][1]
         try:
-            if accept is None or accept(prefix):
+            if accept is not None and accept(prefix):
                 return fmt
         except Exception:  # a plugin's test that trips on a short prefix does not claim it
             continue
