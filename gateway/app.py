@@ -15,13 +15,13 @@ from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.routes import health, records, search, vocabulary
+from gateway.routes import health, previews, records, search, vocabulary
 from gateway.searching import Searcher
 from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
-from services.common.service import create_service_app
+from services.common.service import BlockingPool, create_service_app
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -49,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
+        app.state.preview_pool = BlockingPool(settings.max_concurrent_previews)
         app.state.ready = True
         async with client:
             yield
@@ -68,6 +69,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(search.router)
     app.include_router(records.router)
+    app.include_router(previews.router)
     app.include_router(health.router)
     app.include_router(vocabulary.router)
     app.include_router(health.internal_router)

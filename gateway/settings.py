@@ -42,6 +42,15 @@ class GatewaySettings(ServiceSettings):
         ),
     )
     predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
+    preview_pixels: int = Field(
+        320, ge=16, le=2048, description="Longest side of the JPEG preview of an upload (POST /api/preview)."
+    )
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Largest upload decoded for a preview, in pixels; a larger JPEG is decoded at reduced scale.",
+    )
+    max_concurrent_previews: int = Field(2, ge=1, description="Previews decoded at once (each a thread).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.common.errors import InvalidInput, InvalidValue
+from services.common.errors import InvalidInput
 from services.common.images import InvalidImage, decode_image
 from services.common.schemas.embedder import (
     Clade,
@@ -87,11 +87,11 @@ class Embedder:
 
     def _prepare(self, data: bytes, name: str) -> torch.Tensor:
         try:
-            image = decode_image(data, name, self.settings.max_image_pixels)
+            # Both preprocessings resize so that the shortest side becomes the model's size: a large JPEG is
+            # decoded straight at the smallest scale that still covers it.
+            image = decode_image(data, name, self.settings.max_image_pixels, shortest_side=self.model.image_size)
         except InvalidImage as exc:
-            # An empty upload is a malformed request; bytes that are not a usable image, an unusable value.
-            kind = InvalidInput if exc.code == "empty_file" else InvalidValue
-            raise kind(exc.message, code=exc.code) from exc
+            raise exc.as_domain_error() from exc
         return self.model.prepare(image)
 
     async def embed_images(self, uploads: Sequence[tuple[str, bytes]]) -> np.ndarray:
