@@ -36,6 +36,7 @@ from huggingface_hub.errors import (
 from tqdm import tqdm
 
 from collection.hub import LIBRARY, PARTS, Hub, Part, RemoteFile, file_digest
+from collection.state import model_folder
 from services.common.datalock import LOCK_FILE, LOCK_FORMAT, read_lock
 from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
 
@@ -74,11 +75,6 @@ def human(size: float) -> str:
 
 def offline() -> bool:
     return (os.environ.get("HF_HUB_OFFLINE") or "").strip().lower() in TRUE
-
-
-def model_folder(cache: Path, repo: str) -> Path:
-    """huggingface_hub's cache folder of a model repo (`models--org--name`), as open_clip reads it."""
-    return cache / ("models--" + repo.replace("/", "--"))
 
 
 @dataclass

@@ -10,8 +10,10 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, Path, Request
 
+from services.common.datalock import read_pins
 from services.common.errors import ErrorResponse, NotReady
 from services.common.schemas.search import (
+    CollectionPin,
     Hit,
     QueryHits,
     QueryReport,
@@ -123,6 +125,9 @@ def to_response(outcome: SearchOutcome, body: SearchRequest) -> SearchResponse:
 
 
 def create_app(settings: SearchSettings) -> FastAPI:
+    pin = read_pins(settings.data_dir).get("collection")
+    collection = CollectionPin(repo=pin.repo, revision=pin.revision, commit=pin.commit) if pin else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
@@ -179,6 +184,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
             reconstruct=index.reconstructs,
             max_candidates=engine.limits.max_candidates,
             max_nprobe=None if index.nlist is None else min(engine.limits.max_nprobe, index.nlist),
+            collection=collection,
         )
 
     return app
