@@ -30,10 +30,11 @@ class DataState:
     env: dict[str, str] = field(default_factory=dict)  # the service settings that use the data
 
     def completion(self) -> str:
-        only = " ".join(f"--only {part}" for part in self.missing_parts)
+        """The command that downloads what is missing."""
         default = self.data_dir.resolve() == Path("data").resolve()
-        command = "make data" if default else f"python -m collection download --data-dir {self.data_dir}"
-        return f"{command}" + (f"  (or just these: python -m collection download {only})" if only else "")
+        base = "python -m collection download" + ("" if default else f" --data-dir {self.data_dir}")
+        only = "".join(f" --only {part}" for part in self.missing_parts)
+        return ("make data, or " if default else "") + base + only
 
 
 def data_state(data_dir: Path) -> DataState:

@@ -26,9 +26,7 @@ WEIGHTS = "open_clip_model.safetensors"
 
 
 @pytest.fixture
-def download(
-    hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Run:
+def download(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """Run the command into tmp_path/data (model cache data/models, graph cache tmp_path/search-cache)."""
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("HF_TOKEN", raising=False)
