@@ -404,10 +404,12 @@ class Downloader:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(os.path.relpath(item.dest, link.parent))
-        if item.revision != item.commit:
-            ref = model_folder(self.places.model_cache, item.part.repo) / "refs" / item.revision
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            ref.write_text(item.commit)
+        # open_clip asks for `main` (an `hf-hub:` name carries no revision); offline, huggingface_hub reads
+        # refs/main to find the snapshot, so main names the pinned commit here whatever was asked for.
+        refs = model_folder(self.places.model_cache, item.part.repo) / "refs"
+        refs.mkdir(parents=True, exist_ok=True)
+        for name in {DEFAULT_BRANCH, item.revision} - {item.commit}:
+            (refs / name).write_text(item.commit)
 
     def derive(self) -> list[str]:
         """The lookup sidecar and the coarse HNSW graph of the collection in the data folder; what was made."""

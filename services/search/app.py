@@ -29,7 +29,7 @@ from services.search.engine import Limits, Query, SearchEngine, SearchOutcome
 from services.search.filters import TaxonFilter
 from services.search.index import VectorIndex
 from services.search.metadata import MetadataStore
-from services.search.settings import SearchSettings
+from services.search.settings import INDEX_FILE, SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ def to_response(outcome: SearchOutcome, body: SearchRequest) -> SearchResponse:
 
 
 def create_app(settings: SearchSettings) -> FastAPI:
-    pin = read_pins(settings.data_dir).get("collection")
+    # The lock file speaks for the files in data_dir only, not for an index named elsewhere.
+    downloaded = settings.resolved_index_path == settings.data_dir / INDEX_FILE
+    pin = read_pins(settings.data_dir).get("collection") if downloaded else None
     collection = CollectionPin(repo=pin.repo, revision=pin.revision, commit=pin.commit) if pin else None
 
     @asynccontextmanager
