@@ -300,8 +300,10 @@ class Downloader:
             return file_digest(item.dest, item.remote, bar) == item.remote.etag
 
     def _record(self, resolved: Resolved, item: Item) -> None:
-        if (self.lock.part(item.part.name) or {}).get("commit") != resolved.commit:
-            self.lock.pin(resolved, self.hub, self._extra(item.part))
+        pinned = self.lock.part(item.part.name) or {}
+        extra = self._extra(item.part)
+        if pinned.get("commit") != resolved.commit or any(pinned.get(k) != v for k, v in extra.items()):
+            self.lock.pin(resolved, self.hub, extra)
         self.lock.verified(item, item.dest.stat())
 
     def _extra(self, part: Part) -> dict[str, Any]:

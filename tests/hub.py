@@ -7,6 +7,8 @@ pybioclip) uses, so that with HF_ENDPOINT pointing here the real library code ru
     POST /api/{models|datasets}/{repo}/paths-info/{rev}     per-path size, git blob id, lfs {oid, size}
     HEAD /[datasets/]{repo}/resolve/{rev}/{path}            ETag, X-Repo-Commit, X-Linked-Etag, X-Linked-Size
     GET  /[datasets/]{repo}/resolve/{rev}/{path}            the bytes; `Range: bytes=N-` answers 206
+    GET  /cdn/{models|datasets}/{repo}/{commit}/{path}      LFS files: resolve answers 302 to here, as the
+                                                            hub sends them to its CDN
 
 Errors carry X-Error-Code as the hub's do (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo),
 which is how huggingface_hub picks its exception. Faults for tests: a transfer cut halfway (`cut`),
@@ -68,6 +70,7 @@ class RequestLog:
     method: str
     path: str
     range: str | None
+    redirected: bool = False  # answered with a 302 to the CDN URL, not with bytes
 
 
 @dataclass
@@ -88,7 +91,8 @@ class LocalHub:
         return hashlib.sha256(content + b"!").hexdigest() if path in self.wrong_sha256 else real
 
     def gets(self, path: str) -> list[RequestLog]:
-        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
+        """The GETs that were answered with the bytes of `path` (or were cut while sending them)."""
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path) and not r.redirected]
 
     def entry(self, repo: Repo, path: str) -> dict[str, object]:
         content = repo.files[path]
@@ -100,6 +104,7 @@ class LocalHub:
 
 class _Handler(BaseHTTPRequestHandler):
     hub: LocalHub
+    log: RequestLog
 
     def log_message(self, *args: object) -> None:
         pass
@@ -156,9 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.strip("/").split("/")]
-        self.hub.requests.append(RequestLog(self.command, url.path, self.headers.get("Range")))
+        self.log = RequestLog(self.command, url.path, self.headers.get("Range"))
+        self.hub.requests.append(self.log)
         if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in ("models", "datasets"):
             return self._api(parts[1][:-1], "/".join(parts[2:4]), parts[4:], parse_qs(url.query))
+        if parts[:1] == ["cdn"] and len(parts) >= 6:  # cdn/{models|datasets}/{org}/{name}/{commit}/{path}
+            return self._resolve(parts[1][:-1], "/".join(parts[2:4]), parts[4], "/".join(parts[5:]), cdn=True)
         repo_type = "model"
         if parts[:1] == ["datasets"]:
             repo_type, parts = "dataset", parts[1:]
@@ -190,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
              "disabled": False, "tags": [], "siblings": siblings}
         )  # fmt: skip
 
-    def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
+    def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str, cdn: bool = False) -> None:
         repo = self._repo(repo_type, repo_id)
         if repo is None or not self._revision(repo, revision):
             return
@@ -202,6 +210,12 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.is_lfs(path):
             sha = self.hub.sha256(path, content)
             headers |= {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(content))}
+            if not cdn:
+                # As the hub does for LFS files: the bytes live elsewhere, at an absolute URL (a CDN's).
+                location = f"{self.hub.url}/cdn/{repo_type}s/{repo_id}/{repo.commit}/{path}"
+                self.log.redirected = True
+                self._send(302, b"", {**headers, "Location": location})
+                return
         else:
             headers["ETag"] = f'"{git_blob_id(content)}"'
         start = 0

@@ -53,6 +53,9 @@ def test_download_into_an_empty_folder_places_verified_files_pins_revisions_and_
     assert len(list((tmp_path / "search-cache").glob("coarse-hnsw-*.index"))) == 1
     assert not [p for p in data_files(data) if p.endswith((".part", ".partial", ".incomplete"))]
     assert not (data / ".download").exists()
+    # LFS files come from where the hub's 302 sends them; small files straight from resolve.
+    assert [r.path.split("/")[1] for r in hub.gets("faiss/index.index")] == ["cdn"]
+    assert ["/resolve/" in r.path for r in hub.gets("open_clip_config.json")] == [True]
 
 
 def test_running_twice_downloads_nothing_and_says_so(download: Run, hub: LocalHub, tmp_path: Path) -> None:
