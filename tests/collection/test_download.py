@@ -6,6 +6,7 @@ request (repo info, paths-info, resolve HEAD, GET with Range) over real HTTP on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -154,6 +155,23 @@ def test_a_disk_too_small_is_refused_before_any_byte_is_written(download: Run, h
     assert "Free space at" in out and "not enough disk space" in err and "Nothing was downloaded" in err
     assert [r for r in hub.requests if "/resolve/" in r.path] == []
     assert data_files(tmp_path / "data") == [] if (tmp_path / "data").exists() else True
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_and_the_fix_and_installs_nothing(
+    download: Run, hub: LocalHub, tmp_path: Path
+) -> None:
+    # The partial file is /dev/full, so every write fails with the kernel's ENOSPC.
+    content = hub.repos[("dataset", LABELS_REPO)].files["embeddings/txt_emb_species.npy"]
+    etag = hashlib.sha256(content).hexdigest()
+    partial = tmp_path / "data" / ".download" / "labels" / f"embeddings/txt_emb_species.npy.{etag[:16]}.part"
+    partial.parent.mkdir(parents=True)
+    partial.symlink_to("/dev/full")
+    code, _, err = download("--only", "labels")
+    assert code == 1
+    assert f"{LABELS_REPO} (dataset repo, file embeddings/txt_emb_species.npy, revision main)" in err
+    assert "the disk is full; free space" in err
+    assert not (tmp_path / "data" / "embeddings" / "txt_emb_species.npy").exists()
 
 
 def test_only_downloads_the_named_part(download: Run, tmp_path: Path) -> None:
