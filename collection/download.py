@@ -308,7 +308,10 @@ class Downloader:
 
     def _extra(self, part: Part) -> dict[str, Any]:
         if part.name == "model":
-            return {"cache_dir": str(self.places.model_cache)}
+            # Relative to the data folder when inside it, so the lock reads the same from a container's mount.
+            cache = self.places.model_cache.absolute()
+            data = self.places.data_dir.absolute()
+            return {"cache_dir": str(cache.relative_to(data) if cache.is_relative_to(data) else cache)}
         return {}
 
     # --- the plan ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def data_state(data_dir: Path) -> DataState:
             state.missing_parts.append(name)
             continue
         if name == "model":
-            cache = Path(pinned.get("cache_dir") or data_dir / "models")
+            cache = data_dir / pinned.get("cache_dir", "models")  # an absolute cache_dir stays itself
             folder = model_folder(cache, pinned["repo"]) / "snapshots" / pinned["commit"]
         else:
             folder = data_dir
@@ -63,10 +63,11 @@ def data_state(data_dir: Path) -> DataState:
         state.kind = "partial"
         return state
     model = parts["model"]
+    cache = data_dir / model.get("cache_dir", "models")
     state.env = {
         "SEARCH_DATA_DIR": str(data_dir),
         "EMBEDDER_MODEL": f"hf-hub:{model['repo']}",
-        "EMBEDDER_CACHE_DIR": str(model.get("cache_dir") or data_dir / "models"),
+        "EMBEDDER_CACHE_DIR": str(cache),
         "EMBEDDER_TREE_OF_LIFE_DIR": str(data_dir),
         # Everything is on disk: the embedder's first start needs no network.
         "HF_HUB_OFFLINE": "1",
