@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 
 from stack.processes import ROOT
+from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS
 from tests.hub import COLLECTION_REPO, LABELS_REPO, MODEL_REPO, LocalHub
 
 pytestmark = pytest.mark.e2e
@@ -22,6 +24,23 @@ pytestmark = pytest.mark.e2e
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEARCH_", "EMBEDDER_", "GATEWAY_", "HF_"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def page_footer(gateway: str) -> str | None:
+    """The page's footer line in Chromium (None without Chromium); nothing may leave the gateway."""
+    if not CHROMIUM.exists():
+        return None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.route(lambda url: not url.startswith(gateway), lambda route: route.abort())
+            page.goto(gateway + "/")
+            footer = page.locator("#footer-status")
+            footer.filter(has_text="collection").wait_for(timeout=20_000)
+            return footer.inner_text()
+        finally:
+            browser.close()
 
 
 def test_make_data_into_an_empty_folder_then_the_stack_searches_it_offline(
@@ -70,6 +89,8 @@ def test_make_data_into_an_empty_folder_then_the_stack_searches_it_offline(
         assert found["prediction"]["predictions"], found.get("prediction_error")  # the downloaded labels
         assert commit[:12] in found["permalink"]
         assert len(hub.requests) == asked, "the stack asked the hub: its first start must be offline"
+        footer = page_footer(gateway)
+        assert footer is None or f"collection {COLLECTION_REPO} @ {commit[:12]}" in footer, footer
     finally:
         runner.send_signal(signal.SIGINT)
         assert runner.wait(60) == 0
