@@ -10,10 +10,8 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, Path, Request
 
-from services.common.datalock import read_pins
 from services.common.errors import ErrorResponse, NotReady
 from services.common.schemas.search import (
-    CollectionPin,
     Hit,
     QueryHits,
     QueryReport,
@@ -29,7 +27,8 @@ from services.search.engine import Limits, Query, SearchEngine, SearchOutcome
 from services.search.filters import TaxonFilter
 from services.search.index import VectorIndex
 from services.search.metadata import MetadataStore
-from services.search.settings import INDEX_FILE, SearchSettings
+from services.search.provenance import collection_pin
+from services.search.settings import SearchSettings
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +124,6 @@ def to_response(outcome: SearchOutcome, body: SearchRequest) -> SearchResponse:
 
 
 def create_app(settings: SearchSettings) -> FastAPI:
-    # The lock file speaks for the files in data_dir only, not for an index named elsewhere.
-    downloaded = settings.resolved_index_path == settings.data_dir / INDEX_FILE
-    pin = read_pins(settings.data_dir).get("collection") if downloaded else None
-    collection = CollectionPin(repo=pin.repo, revision=pin.revision, commit=pin.commit) if pin else None
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
@@ -186,7 +180,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
             reconstruct=index.reconstructs,
             max_candidates=engine.limits.max_candidates,
             max_nprobe=None if index.nlist is None else min(engine.limits.max_nprobe, index.nlist),
-            collection=collection,
+            collection=collection_pin(settings),
         )
 
     return app
