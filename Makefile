@@ -2,13 +2,16 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: ## Create .venv and install everything (skipped when up to date)
 	@scripts/install.sh
+
+data: install ## Download the real collection, labels and model into ./data, verified and resumable (~22 GB)
+	$(PY) -m collection download $(ARGS)
 
 run: install ## Start the four services locally (the offline demo when no collection is configured)
 	$(PY) -m stack

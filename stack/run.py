@@ -1,9 +1,11 @@
 """`make run`: the four services as local processes; the offline demo when no collection is configured.
 
-With SEARCH_DATA_DIR (or SEARCH_INDEX_PATH and SEARCH_METADATA_PATH) pointing at a collection, or
-one in ./data, it runs the services on it with the EMBEDDER_* model. Otherwise it first builds
-a small demo (generated photos, a tiny random-weights model, a local image source) under var/demo.
-Ctrl-C stops everything.
+With SEARCH_DATA_DIR (or SEARCH_INDEX_PATH and SEARCH_METADATA_PATH) pointing at a collection, it runs
+the services on it with the EMBEDDER_* model. Otherwise it looks at ./data (STACK_DATA_DIR): complete
+(`make data` finished: collection, labels, model) it serves that; partial, it says what is missing and
+the command that completes it, and stops; a collection of one's own without a lock file, it serves
+that with the EMBEDDER_* model; nothing, it first builds a small demo (generated photos, a tiny
+random-weights model, a local image source) under var/demo. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from collection.state import DataState, data_state
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from stack.demo_collection import SPECIES, generate_collection, write_manifest
 from stack.demo_labels import write_species_labels
@@ -27,6 +30,7 @@ from stack.tiny_model import write_tiny_model
 logger = logging.getLogger(__name__)
 
 DEMO_DIR = Path(os.environ.get("STACK_DEMO_DIR", ROOT / "var" / "demo"))
+DATA_DIR = Path(os.environ.get("STACK_DATA_DIR", ROOT / "data"))
 DEMO_SOURCE_PORT = int(os.environ.get("STACK_DEMO_SOURCE_PORT", "8010"))
 DEMO_PER_SPECIES = 25
 DEMO_NOTICE = (
@@ -36,9 +40,7 @@ DEMO_NOTICE = (
 
 
 def configured_collection() -> bool:
-    if os.environ.get("SEARCH_DATA_DIR") or os.environ.get("SEARCH_INDEX_PATH"):
-        return True
-    return (ROOT / "data" / INDEX_FILE).is_file()
+    return bool(os.environ.get("SEARCH_DATA_DIR") or os.environ.get("SEARCH_INDEX_PATH"))
 
 
 def build_demo(embedder: ServiceProcess, source_url: str) -> int:
@@ -86,7 +88,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(log_dir: Path) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[ServiceProcess] = []
-    demo = not configured_collection()
+    data = DataState("configured", DATA_DIR) if configured_collection() else data_state(DATA_DIR)
+    if data.kind == "partial":
+        missing = "\n  ".join(data.missing)
+        logger.error("%s is incomplete; missing:\n  %s\nComplete it with: %s", DATA_DIR, missing, data.completion())
+        return 1
+    demo = data.kind == "absent"
 
     def start(process: ServiceProcess) -> ServiceProcess:
         processes.append(process)
@@ -121,7 +128,13 @@ def run(log_dir: Path) -> int:
             search_env["SEARCH_DATA_DIR"] = str(DEMO_DIR / "collection")
             gateway_env["GATEWAY_NOTICE"] = DEMO_NOTICE.format(records=records, species=len(SPECIES))
         else:
-            embedder = start(service("embedder", log_dir=log_dir))
+            if data.kind == "complete":
+                logger.info("serving the downloaded data in %s", DATA_DIR)
+            elif data.kind == "own":
+                search_env["SEARCH_DATA_DIR"] = str(DATA_DIR)
+            embedder_env = defaults({k: v for k, v in data.env.items() if k != "SEARCH_DATA_DIR"})
+            embedder = start(service("embedder", env=embedder_env, log_dir=log_dir))
+            search_env |= {k: v for k, v in data.env.items() if k.startswith("SEARCH_")}
         search = start(service("search", env=defaults(search_env), log_dir=log_dir))
         fetcher_env = {"FETCHER_CACHE_DIR": str(ROOT / "var" / "cache" / "fetcher")}
         if demo:

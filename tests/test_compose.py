@@ -6,6 +6,7 @@ runner (stack/processes.py), and each image must get every file and package its 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import importlib.metadata
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from collection.__main__ import COMMANDS as COLLECTION_COMMANDS
 from services.common.settings import ServiceSettings
 from stack.processes import READINESS_PATH, SERVICES
 from stack.proxy import DEFAULTS as PROXY_DEFAULTS
@@ -35,7 +37,7 @@ from stack.proxy import nginx_available, render, variables
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
-FIRST_PARTY = {"services", "gateway", "stack", "tests", "bench"}
+FIRST_PARTY = {"services", "gateway", "stack", "tests", "bench", "collection"}
 BACKEND = [name for name in SERVICES if name != "gateway"]
 
 
@@ -319,8 +321,8 @@ def required_distributions(requirement_file: Path) -> set[str]:
 # --- the compose file as a whole -----------------------------------------------------------------
 
 
-def test_compose_defines_exactly_the_services_the_local_runner_starts_and_the_proxy() -> None:
-    assert set(load_compose()["services"]) == set(SERVICES) | {"proxy"}
+def test_compose_defines_the_services_the_local_runner_starts_the_proxy_and_the_one_shot_data_service() -> None:
+    assert set(load_compose()["services"]) == {*SERVICES, "proxy", "data"}
 
 
 def test_compose_uses_the_versionless_compose_spec() -> None:
@@ -613,3 +615,80 @@ def test_dockerignore_keeps_what_the_image_copies(name: str) -> None:
 )
 def test_dockerignore_keeps_local_state_out_of_the_build_context(path: str) -> None:
     assert is_ignored(path, dockerignore_patterns())
+
+
+# --- the one-shot data service -------------------------------------------------------------------
+
+
+def data_command() -> argparse.Namespace:
+    """The data service's command, parsed by the real `python -m collection` parser."""
+    command = compose_service("data")["command"]
+    assert command[:3] == ["python", "-m", "collection"]
+    assert image_of("data").cmd == command
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in COLLECTION_COMMANDS.items():
+        module.add_arguments(commands.add_parser(name))
+    args = parser.parse_args(command[3:])
+    assert args.command == "download"
+    return args
+
+
+def mounts(name: str) -> dict[str, str]:
+    """Container path -> source (a named volume or a host path) of a service's volumes."""
+    found = {}
+    for volume in compose_service(name).get("volumes", []):
+        source, target = volume.split(":")[:2]
+        found[target] = source
+    return found
+
+
+def test_data_service_downloads_into_the_folders_search_and_the_embedder_read() -> None:
+    args = data_command()
+    data, search, embedder = mounts("data"), mounts("search"), mounts("embedder")
+    search_env, embedder_env = effective_env("search"), effective_env("embedder")
+    assert data[str(args.data_dir)] == search[search_env["SEARCH_DATA_DIR"]] == "./data"
+    assert data[str(args.model_cache)] == embedder[embedder_env["EMBEDDER_CACHE_DIR"]] == "model-cache"
+    assert data[str(args.search_cache)] == search[search_env["SEARCH_CACHE_DIR"]] == "search-cache"
+    assert embedder[embedder_env["EMBEDDER_TREE_OF_LIFE_DIR"]] == "./data"
+    assert not any(v.endswith(":ro") for v in compose_service("data")["volumes"]), "the data service writes"
+    assert compose_service("data")["restart"] == "no"
+
+
+def test_search_and_embedder_wait_for_the_data_service_to_succeed() -> None:
+    for name in ("search", "embedder"):
+        assert compose_service(name)["depends_on"] == {"data": {"condition": "service_completed_successfully"}}
+    assert "healthcheck" not in compose_service("data"), "a one-shot job is waited on by its exit, not its health"
+
+
+def test_data_service_passes_the_hub_settings_through() -> None:
+    env = compose_service("data")["environment"]
+    for name in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        assert f"${{{name}" in env[name], f"{name} must come from the host's environment"
+
+
+def test_data_image_has_the_code_and_packages_the_download_needs() -> None:
+    image = image_of("data")
+    files, third_party = code_closure("collection")
+    assert ROOT / "collection/download.py" in files and "huggingface_hub" in third_party
+    assert not [str(p.relative_to(ROOT)) for p in files if not copied(p, image)]
+    assert image.requirement_files == ["requirements/collection.txt"]
+    installed = required_distributions(ROOT / "requirements/collection.txt")
+    distributions = importlib.metadata.packages_distributions()
+    missing = [top for top in third_party if not {normalise(d) for d in distributions.get(top, [top])} & installed]
+    assert not missing
+    patterns = dockerignore_patterns()
+    assert not [s for s in image.copy_sources if is_ignored(s, patterns)]
+
+
+DOCKERFILES = sorted(ROOT.glob("*/Dockerfile")) + sorted(ROOT.glob("services/*/Dockerfile"))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    done = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

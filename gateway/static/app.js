@@ -965,6 +965,9 @@
     const count = index ? (index.metadata_rows ?? index.vectors) : null;
     if (typeof count === "number") parts.push(`${count.toLocaleString()} records`);
     else parts.push("index unavailable");
+    // A downloaded collection names its hub repo and pinned commit (the data folder's lock file).
+    const pin = index && index.collection;
+    if (pin && pin.repo && pin.commit) parts.push(`collection ${pin.repo} @ ${String(pin.commit).slice(0, 12)}`);
     return parts.join(" · ");
   }
 
