@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from services.common.errors import BadRequest, ServiceError, Unprocessable
+from services.common.errors import InvalidInput
 from services.common.images import InvalidImage, decode_image
 from services.common.schemas.embedder import (
     Clade,
@@ -28,9 +28,12 @@ from services.common.schemas.embedder import (
     Prediction,
     Taxonomy,
 )
+from services.common.settings import setting
+from services.common.vocabulary import RANKS, clean
 from services.embedder import classify
 from services.embedder.batching import Batcher
-from services.embedder.labels import RANKS, LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
+from services.embedder.errors import LabelsNotConfigured
+from services.embedder.labels import LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
 from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
 
@@ -84,10 +87,10 @@ def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife 
         try:
             tree = load_tree_of_life(settings.tree_of_life_dir)
         except LabelsError as exc:
-            raise ModelLoadError(f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir}: {exc}") from exc
+            raise ModelLoadError(f"{setting('tree_of_life_dir')}={settings.tree_of_life_dir}: {exc}") from exc
         if tree.dim != model.dim:
             raise ModelLoadError(
-                f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir} holds {tree.dim}-d text vectors but "
+                f"{setting('tree_of_life_dir')}={settings.tree_of_life_dir} holds {tree.dim}-d text vectors but "
                 f"{settings.model} makes {model.dim}-d ones: the labels were made with another model"
             )
     return model, tree
@@ -129,40 +132,38 @@ class Embedder:
 
     def _prepare(self, data: bytes, name: str) -> torch.Tensor:
         try:
-            image = decode_image(data, name, self.settings.max_image_pixels)
+            # Both preprocessings resize so that the shortest side becomes the model's size: a large JPEG is
+            # decoded straight at the smallest scale that still covers it.
+            image = decode_image(data, name, self.settings.max_image_pixels, shortest_side=self.model.image_size)
         except InvalidImage as exc:
-            error = BadRequest if exc.code == "empty_file" else Unprocessable
-            raise error(exc.message, code=exc.code) from exc
+            raise exc.as_domain_error() from exc
         return self.model.prepare(image)
 
     async def embed_images(self, uploads: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(n, dim) unit vectors for (name, bytes) uploads, in order; each image decoded once, in the pool."""
         limit = self.settings.max_images_per_request
         if len(uploads) > limit:
-            raise BadRequest(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
+            raise InvalidInput(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
         # Announced before decoding, so that a forward pass about to start waits for these images.
         with self.batcher.incoming(len(uploads)) as reservation:
             inputs = [await self.offload(single_threaded, self._prepare, data, name) for name, data in uploads]
             return np.stack(await reservation.submit(inputs))
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        cleaned = [text.strip() for text in texts]
+        # The vocabulary's cleaning: a text of only a BOM, zero-width or control characters is blank too.
+        cleaned = [clean(text) for text in texts]
         if not all(cleaned):
-            raise BadRequest("texts must not be empty or blank", code="empty_text")
+            raise InvalidInput("texts must not be empty or blank", code="empty_text")
         return await self.model_thread.run(self.model.embed_texts, cleaned)
 
     def _check(self, params: ClassifyParameters) -> None:
         if params.labels is not None and len(params.labels) > self.settings.max_labels_per_request:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{len(params.labels)} labels; the limit is {self.settings.max_labels_per_request}",
                 code="too_many_labels",
             )
         if params.labels is None and self.tree is None:
-            raise ServiceError(
-                "no TreeOfLife labels are loaded here (EMBEDDER_TREE_OF_LIFE_DIR is unset): send `labels`",
-                code="labels_not_configured",
-                status_code=503,
-            )
+            raise LabelsNotConfigured("no TreeOfLife labels are loaded here: send `labels`")
 
     async def classify_vectors(
         self, params: ClassifyParameters, vectors: Sequence[Sequence[float]]

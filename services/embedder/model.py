@@ -13,6 +13,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from services.common.settings import ConfigurationError, setting
 from services.embedder import precision as precisions
 from services.embedder.precision import INPUT_DTYPES, Int8Towers, PrecisionChoice, PrecisionError
 from services.embedder.preprocess import Transform, describe, pybioclip_transform
@@ -23,8 +24,8 @@ logger = logging.getLogger(__name__)
 HF_HUB_PREFIX = "hf-hub:"
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says which setting to change."""
+class ModelLoadError(ConfigurationError):
+    """The model could not be loaded; the message names the settings to change (see ConfigurationError)."""
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -123,25 +124,24 @@ def _architecture_name(settings: EmbedderSettings) -> str:
 
 
 def _check_device(settings: EmbedderSettings) -> torch.device:
+    named = f"{setting('device')}={settings.device}"
     try:
         device = torch.device(settings.device)
     except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not a torch device; use cpu, cuda or mps") from exc
+        raise ModelLoadError(f"{named} is not a torch device; use cpu, cuda or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but torch sees no CUDA GPU; set EMBEDDER_DEVICE=cpu")
+        raise ModelLoadError(f"{named} but torch sees no CUDA GPU; set {setting('device')}=cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ModelLoadError(
-            f"EMBEDDER_DEVICE={settings.device} but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-        )
+        raise ModelLoadError(f"{named} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but MPS is not available; set EMBEDDER_DEVICE=cpu")
+        raise ModelLoadError(f"{named} but MPS is not available; set {setting('device')}=cpu")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not supported; use cpu, cuda or mps")
+        raise ModelLoadError(f"{named} is not supported; use cpu, cuda or mps")
     if settings.precision != "auto":
         try:
             precisions.check(settings.precision, device)
         except PrecisionError as exc:
-            raise ModelLoadError(str(exc)) from exc
+            raise ModelLoadError(exc.message) from exc
     return device
 
 
@@ -162,20 +162,20 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
     device = _check_device(settings)
     if settings.architecture_config is not None:
         if not settings.architecture_config.is_file():
-            raise ModelLoadError(f"EMBEDDER_ARCHITECTURE_CONFIG={settings.architecture_config} does not exist")
+            raise ModelLoadError(f"{setting('architecture_config')}={settings.architecture_config} does not exist")
         open_clip.add_model_config(settings.architecture_config)
     name = _architecture_name(settings)
     from_hub = name.startswith(HF_HUB_PREFIX)
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
-        raise ModelLoadError(f"EMBEDDER_CHECKPOINT={settings.checkpoint} does not exist")
+        raise ModelLoadError(f"{setting('checkpoint')}={settings.checkpoint} does not exist")
     if not from_hub and settings.checkpoint is None and not settings.random_weights:
         raise ModelLoadError(
-            f"EMBEDDER_MODEL={name} is an architecture without weights: set EMBEDDER_CHECKPOINT to a "
-            "weights file, use an hf-hub: name, or set EMBEDDER_RANDOM_WEIGHTS=true for benchmarks"
+            f"{setting('model')}={name} is an architecture without weights: set {setting('checkpoint')} to a "
+            f"weights file, use an hf-hub: name, or set {setting('random_weights')}=true for benchmarks"
         )
     if not from_hub and name not in open_clip.list_models():
         raise ModelLoadError(
-            f"EMBEDDER_MODEL={name} is not an open_clip architecture; set EMBEDDER_ARCHITECTURE_CONFIG "
+            f"{setting('model')}={name} is not an open_clip architecture; set {setting('architecture_config')} "
             "to its config JSON or use an hf-hub: name"
         )
     built = _build_precision(settings.precision, device)
@@ -183,7 +183,7 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
     try:
         choice = precisions.choose(settings.precision, device, model, auto_int8=settings.auto_int8)
     except PrecisionError as exc:
-        raise ModelLoadError(str(exc)) from exc
+        raise ModelLoadError(exc.message) from exc
     precision = choice.precision
     if precision == "bf16" and built != "bf16":
         # auto chose bf16 on the probe: open_clip builds bf16 models itself (layer norms kept in fp32).
@@ -258,11 +258,11 @@ def _create(
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except Exception as exc:
         hint = (
-            "the weights could not be had from the hub (offline, or a wrong name): set EMBEDDER_CACHE_DIR to "
-            "a model cache that holds them, or download them and set EMBEDDER_MODEL=<architecture> with "
-            "EMBEDDER_CHECKPOINT=<file>"
+            f"the weights could not be had from the hub (offline, or a wrong name): set {setting('cache_dir')} to "
+            f"a model cache that holds them, or download them and set {setting('model')}=<architecture> with "
+            f"{setting('checkpoint')}=<file>"
             if from_hub
-            else "check that EMBEDDER_CHECKPOINT holds weights for EMBEDDER_MODEL"
+            else f"check that {setting('checkpoint')} holds weights for {setting('model')}"
         )
         raise ModelLoadError(
             f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.common.settings import ConfigurationError, setting
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -36,7 +38,7 @@ PROBE_RUNS = 3  # timed runs per candidate, after one warm-up; the fastest count
 PROBE_GIVE_UP = 3.0
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ConfigurationError):
     """A precision that cannot run here (fp16 on a CPU, int8 on a GPU); the message says what to set."""
 
 
@@ -183,14 +185,15 @@ class Int8Towers:
 def check(precision: str, device: torch.device) -> None:
     """Raise PrecisionError for a precision this device cannot run; warn for one it runs slowly."""
     if precision == "fp16" and device.type == "cpu":
-        raise PrecisionError("EMBEDDER_PRECISION=fp16 is for GPUs; on the CPU use fp32, int8, bf16 or auto")
+        raise PrecisionError(f"{setting('precision')}=fp16 is for GPUs; on the CPU use fp32, int8, bf16 or auto")
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(
-            f"EMBEDDER_PRECISION=int8 runs on the CPU (ONNX Runtime's CPU kernels); on {device.type} use fp16 or auto"
+            f"{setting('precision')}=int8 runs on the CPU (ONNX Runtime's CPU kernels); "
+            f"on {device.type} use fp16 or auto"
         )
     if precision == "bf16" and device.type == "cpu" and not native_bf16(cpu_capability()):
         logger.warning(
-            "EMBEDDER_PRECISION=bf16 where PyTorch runs %s kernels without native bf16: bf16 is emulated, "
+            "bf16 precision where PyTorch runs %s kernels without native bf16: bf16 is emulated, "
             "usually several times slower than fp32",
             cpu_capability(),
         )
@@ -275,7 +278,7 @@ def choose(requested: str, device: torch.device, model: torch.nn.Module, *, auto
     """
     if requested != "auto":
         check(requested, device)
-        return PrecisionChoice(requested, requested, "set by EMBEDDER_PRECISION")
+        return PrecisionChoice(requested, requested, "set by the precision setting")
     if device.type == "cuda":
         return PrecisionChoice(requested, "fp16", "CUDA GPU: fp16 (tensor cores; cosine to fp32 1.00000 measured)")
     if device.type != "cpu":
@@ -290,7 +293,7 @@ def choose(requested: str, device: torch.device, model: torch.nn.Module, *, auto
     if not bf16:
         skipped.append(f"bf16 not native ({capability} kernels)")
     if not auto_int8:
-        skipped.append("int8 not enabled (EMBEDDER_AUTO_INT8)")
+        skipped.append("int8 not enabled for auto (the auto_int8 setting)")
     why_not = "; ".join(skipped)
     if timings is None:
         reason = "only fp32 to choose from" if len(candidates) == 1 else "no transformer block to probe"

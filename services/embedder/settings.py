@@ -66,7 +66,10 @@ class EmbedderSettings(ServiceSettings):
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")
     max_image_pixels: int = Field(
-        89_478_485, ge=1, description="Largest decoded image, in pixels (Pillow's decompression-bomb limit)."
+        89_478_485,
+        ge=1,
+        description="Largest decoded image, in pixels (Pillow's decompression-bomb limit); a larger "
+        "JPEG is decoded at 1/2, 1/4 or 1/8 scale to fit, any other format is refused.",
     )
     tree_of_life_dir: Path | None = Field(
         None,

@@ -48,7 +48,7 @@ def test_int8_embeds_images_and_texts_close_to_fp32(embedder_settings: EmbedderS
     fp32 = load_model(embedder_settings)
     int8 = load_model(embedder_settings.model_copy(update={"precision": "int8"}))
     assert int8.precision == "int8"
-    assert int8.choice is not None and int8.choice.reason == "set by EMBEDDER_PRECISION"
+    assert int8.choice is not None and int8.choice.reason == "set by the precision setting"
     images = _images()
     reference, quantized = fp32.embed_images(images), int8.embed_images(images)
     assert quantized.dtype == np.float32
@@ -118,9 +118,9 @@ def test_auto_is_fp16_on_cuda_and_fp32_on_other_gpus_without_a_probe() -> None:
 
 
 def test_precisions_a_device_cannot_run_are_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(PrecisionError, match="EMBEDDER_PRECISION=int8 runs on the CPU"):
+    with pytest.raises(PrecisionError, match="precision=int8 runs on the CPU"):
         check("int8", torch.device("cuda"))
-    with pytest.raises(ModelLoadError, match="EMBEDDER_PRECISION=fp16 is for GPUs"):
+    with pytest.raises(ModelLoadError, match="precision=fp16 is for GPUs"):
         load_model(embedder_settings.model_copy(update={"precision": "fp16"}))
 
 
@@ -151,7 +151,7 @@ def test_model_info_reports_the_choice_its_reason_and_the_probe(embedder_setting
     with running(embedder_settings.model_copy(update={"precision": "int8"})) as client:
         info = client.get("/v1/model").json()
     assert info["precision"] == "int8" and info["precision_requested"] == "int8"
-    assert info["precision_reason"] == "set by EMBEDDER_PRECISION" and info["precision_probe_ms"] is None
+    assert info["precision_reason"] == "set by the precision setting" and info["precision_probe_ms"] is None
 
 
 def test_int8_towers_are_kept_under_the_cache_dir_and_reused(

@@ -97,12 +97,12 @@ def test_offline_hub_model_ends_the_process_with_one_line_naming_the_setting(
 
 def test_a_bad_label_file_ends_start_up_naming_its_setting(embedder_settings: EmbedderSettings, tmp_path: Path) -> None:
     folder = write_labels(tmp_path / "tol", np.eye(32, dtype=np.float32)[:3], [[["A"] * 7, ""]] * 2)
-    with pytest.raises(ModelLoadError, match=r"EMBEDDER_TREE_OF_LIFE_DIR.*3 columns but .* 2 entries"):
+    with pytest.raises(ModelLoadError, match=r"tree_of_life_dir.*3 columns but .* 2 entries"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": folder}))
     wrong_dim = write_labels(tmp_path / "other", np.eye(16, dtype=np.float32)[:2], [[["A"] * 7, ""]] * 2)
     with pytest.raises(ModelLoadError, match=r"16-d text vectors but .* 32-d"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": wrong_dim}))
-    with pytest.raises(ModelLoadError, match=r"EMBEDDER_TREE_OF_LIFE_DIR.*holds no txt_emb_species\.npy"):
+    with pytest.raises(ModelLoadError, match=r"tree_of_life_dir.*holds no txt_emb_species\.npy"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": tmp_path / "nowhere"}))
 
 
@@ -120,18 +120,18 @@ def test_bf16_runs_and_stays_close_to_fp32(embedder_settings: EmbedderSettings, 
 
 
 def test_fp16_on_the_cpu_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_PRECISION=fp16 is for GPUs"):
+    with pytest.raises(ModelLoadError, match="precision=fp16 is for GPUs"):
         load_model(embedder_settings.model_copy(update={"precision": "fp16"}))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_device_without_a_gpu_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_DEVICE=cuda but torch sees no CUDA GPU"):
+    with pytest.raises(ModelLoadError, match="device=cuda but torch sees no CUDA GPU"):
         load_model(embedder_settings.model_copy(update={"device": "cuda"}))
 
 
 def test_an_unknown_device_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_DEVICE=tpu"):
+    with pytest.raises(ModelLoadError, match="device=tpu"):
         load_model(embedder_settings.model_copy(update={"device": "tpu"}))
 
 

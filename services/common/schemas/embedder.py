@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from services.common.schemas.taxonomy import Taxonomy
+from services.common.vocabulary import CladeRank, Rank, Taxonomy, clean
 
 Preprocessing = Literal["pybioclip", "open_clip"]
 
@@ -56,10 +56,6 @@ class ModelInfo(BaseModel):
     )
 
 
-Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
-CladeRank = Literal["kingdom", "phylum", "class", "order", "family", "genus"]
-
-
 class Clade(BaseModel):
     """Predict only within this clade, e.g. {"rank": "class", "value": "Insecta"} (or the string "class:Insecta")."""
 
@@ -73,7 +69,7 @@ class Clade(BaseModel):
             rank, sep, value = data.partition(":")
             if not sep:
                 raise ValueError('a clade as text is "rank:name", e.g. "class:Insecta"')
-            return {"rank": rank.strip().lower(), "value": value.strip()}
+            return {"rank": rank.strip().lower(), "value": clean(value)}
         return data
 
 

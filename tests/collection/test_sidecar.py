@@ -10,22 +10,29 @@ import duckdb
 import numpy as np
 import pytest
 
-from services.search.build import write_metadata
-from services.search.filters import Criteria, TaxonFilter, row_matches, species_key
-from services.search.metadata import MetadataStore, default_sidecar_path
-from services.search.sidecar import main as sidecar_main
+from collection.__main__ import main as collection_main
+from collection.build import write_metadata
+from services.common.vocabulary import TaxonFilter, species_key
+from services.search.filters import Criteria, row_matches
+from services.search.lookup import RecordLookup, SidecarLookup, default_sidecar_path, open_lookup
+from services.search.metadata import MetadataStore
 from tests.search.conftest import rows_for
+
+
+def lookup(path: Path, *, use_sidecar: bool = True) -> RecordLookup:
+    return open_lookup(MetadataStore(path), use_sidecar=use_sidecar)
+
 
 CRITERIA = [
     Criteria("all"),
     Criteria("url_only"),
     Criteria("inaturalist"),
     Criteria("bioclip2_training"),
-    Criteria("all", (TaxonFilter("order", "LEPIDOPTERA"),)),
-    Criteria("url_only", (TaxonFilter("family", "family3"), TaxonFilter("class", "Insecta"))),
-    Criteria("all", (TaxonFilter("species", "genus2 epithet13"),)),
-    Criteria("all", (TaxonFilter("common_name", "common  7"),)),
-    Criteria("all", (TaxonFilter("genus", "Nowhere"),)),
+    Criteria("all", (TaxonFilter(rank="order", value="LEPIDOPTERA"),)),
+    Criteria("url_only", (TaxonFilter(rank="family", value="family3"), TaxonFilter(rank="class", value="Insecta"))),
+    Criteria("all", (TaxonFilter(rank="species", value="genus2 epithet13"),)),
+    Criteria("all", (TaxonFilter(rank="common_name", value="common  7"),)),
+    Criteria("all", (TaxonFilter(rank="genus", value="Nowhere"),)),
 ]
 
 
@@ -42,19 +49,19 @@ def metadata_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("criteria", CRITERIA, ids=lambda c: f"{c.scope}-{len(c.filters)}")
 def test_sidecar_and_rows_keep_the_same_candidates(metadata_file: Path, criteria: Criteria) -> None:
-    fast = MetadataStore(metadata_file)
-    slow = MetadataStore(metadata_file, use_sidecar=False)
-    assert (fast.lookup, slow.lookup) == ("sidecar", "duckdb")
+    fast = lookup(metadata_file)
+    slow = lookup(metadata_file, use_sidecar=False)
+    assert (fast.name, slow.name) == ("sidecar", "duckdb")
     ids = np.arange(-2, 305)  # a few ids without a row at both ends
     rows = slow.fetch(ids.tolist())
     expected = [i in rows and row_matches(rows[i], criteria) for i in ids.tolist()]
     assert fast.screen(ids, criteria).keep.tolist() == expected == slow.screen(ids, criteria).keep.tolist()
-    assert any(expected) or criteria.filters[0].value == "nowhere"
+    assert any(expected) or criteria.filters[0].key == "nowhere"
 
 
 def test_sidecar_and_rows_count_species_alike(metadata_file: Path) -> None:
-    fast = MetadataStore(metadata_file).screen(np.arange(300), Criteria())
-    slow = MetadataStore(metadata_file, use_sidecar=False).screen(np.arange(300), Criteria())
+    fast = lookup(metadata_file).screen(np.arange(300), Criteria())
+    slow = lookup(metadata_file, use_sidecar=False).screen(np.arange(300), Criteria())
     # Same species <-> same key, and no key (no cap) exactly where genus or epithet is missing.
     assert [key is None for key in fast.species] == [key is None for key in slow.species]
     pairs = {(a, b) for a, b in zip(fast.species, slow.species, strict=True) if a is not None}
@@ -63,8 +70,8 @@ def test_sidecar_and_rows_count_species_alike(metadata_file: Path) -> None:
 
 def test_both_paths_give_the_same_records(metadata_file: Path) -> None:
     ids = [*range(0, 300, 7), 9, 13]  # 9: no genus
-    fast = MetadataStore(metadata_file).fetch(ids)
-    slow = MetadataStore(metadata_file, use_sidecar=False).fetch(ids)
+    fast = lookup(metadata_file).fetch(ids)
+    slow = lookup(metadata_file, use_sidecar=False).fetch(ids)
     assert fast == slow and len(fast) == len(ids)
     assert fast[9]["scientific_name"] is None and fast[13]["scientific_name"] == "Genus2 epithet13"
 
@@ -72,8 +79,8 @@ def test_both_paths_give_the_same_records(metadata_file: Path) -> None:
 def test_row_lookups_are_index_scans_on_both_paths(metadata_file: Path) -> None:
     ids = [3, 50, 120, 299]
     for use_sidecar in (True, False):
-        with closing(MetadataStore(metadata_file, use_sidecar=use_sidecar)) as store:
-            assert "Index Scan" in store.fetch_plan(ids)
+        with closing(MetadataStore(metadata_file)) as store:
+            assert "Index Scan" in open_lookup(store, use_sidecar=use_sidecar).fetch_plan(ids)
     gc.collect()  # other tests' stores, so that a connection of another configuration may open
     # Why scopes are never put beside `id IN (...)`: DuckDB then scans the table instead.
     con = duckdb.connect(str(metadata_file), read_only=True)
@@ -90,8 +97,8 @@ def test_a_sidecar_from_another_metadata_file_is_not_used(tmp_path: Path) -> Non
     sidecar.rename(kept)
     write_metadata(rows_for(60), path, sidecar=False)
     kept.rename(sidecar)
-    store = MetadataStore(path)
-    assert store.lookup == "duckdb" and store.rows == 60
+    found = lookup(path)
+    assert found.name == "duckdb" and found.store.rows == 60
 
 
 def test_sidecar_command_makes_one_for_a_legacy_identifier_database(tmp_path: Path) -> None:
@@ -108,22 +115,29 @@ def test_sidecar_command_makes_one_for_a_legacy_identifier_database(tmp_path: Pa
            FROM new.metadata m LEFT JOIN new.url_prefixes p ON m.url_prefix_id = p.prefix_id"""
     )
     con.close()
-    assert sidecar_main(["--metadata", str(legacy), "--out", str(default_sidecar_path(legacy))]) == 0
-    fast, slow = MetadataStore(legacy), MetadataStore(legacy, use_sidecar=False)
-    assert fast.lookup == "sidecar" and fast.url_layout == "identifier"
+    assert collection_main(["sidecar", "--metadata", str(legacy), "--out", str(default_sidecar_path(legacy))]) == 0
+    fast, slow = lookup(legacy), lookup(legacy, use_sidecar=False)
+    assert fast.name == "sidecar" and fast.store.url_layout == "identifier"
     ids = np.arange(80)
-    for criteria in (Criteria("url_only"), Criteria("inaturalist"), Criteria("all", (TaxonFilter("order", "x"),))):
+    for criteria in (
+        Criteria("url_only"),
+        Criteria("inaturalist"),
+        Criteria("all", (TaxonFilter(rank="order", value="x"),)),
+    ):
         assert fast.screen(ids, criteria).keep.tolist() == slow.screen(ids, criteria).keep.tolist()
     assert fast.fetch([20, 21]) == slow.fetch([20, 21])
-    assert species_key(fast.fetch([20])[20]) == ("genus9", "epithet20")
+    assert species_key(fast.fetch([20])[20]) == "genus9 epithet20"
 
 
 def test_without_records_the_hits_rows_come_from_duckdb_the_same(tmp_path: Path) -> None:
     path = tmp_path / "metadata.duckdb"
     write_metadata(rows_for(120), path, sidecar=False)
-    assert sidecar_main(["--metadata", str(path), "--out", str(default_sidecar_path(path)), "--no-records"]) == 0
-    narrow = MetadataStore(path)
-    assert narrow.lookup == "sidecar" and narrow.sidecar is not None and not narrow.sidecar.has_records
+    assert (
+        collection_main(["sidecar", "--metadata", str(path), "--out", str(default_sidecar_path(path)), "--no-records"])
+        == 0
+    )
+    narrow = lookup(path)
+    assert isinstance(narrow, SidecarLookup) and not narrow.sidecar.has_records
     ids = [0, 20, 41, 119, 500]
-    assert narrow.fetch(ids) == MetadataStore(path, use_sidecar=False).fetch(ids)
+    assert narrow.fetch(ids) == lookup(path, use_sidecar=False).fetch(ids)
     assert "Index Scan" in narrow.fetch_plan(ids)
