@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 IDENTITY_TTL_SECONDS = 30.0
 
 
+def index_identity(stats: dict[str, Any]) -> str:
+    """What a permalink records of the index: a downloaded collection's `repo@commit` (12 hex digits),
+    else its type and shape."""
+    pin = stats.get("collection")
+    if pin:
+        return f"{pin['repo']}@{str(pin['commit'])[:12]}"
+    return f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}"
+
+
 @dataclass(frozen=True)
 class ImageBytes:
     data: bytes
@@ -158,7 +167,7 @@ class ServiceClients:
         )
         found = {
             "model": str(model["model"]) if model else None,
-            "index": f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}" if stats else None,
+            "index": index_identity(stats) if stats else None,
         }
         if model and stats:
             self._identity["identity"] = found

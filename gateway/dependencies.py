@@ -44,10 +44,8 @@ UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 
 
 def _client_key(request: Request) -> str:
-    settings: GatewaySettings = request.app.state.settings
-    forwarded = request.headers.get("x-forwarded-for")
-    if settings.trust_forwarded_for and forwarded:
-        return forwarded.split(",")[0].strip()
+    # Behind a trusted proxy, the address it saw (ProxyHeadersMiddleware, GATEWAY_TRUSTED_PROXIES);
+    # never a header the client writes.
     return request.client.host if request.client else "unknown"
 
 
