@@ -228,7 +228,7 @@ class SearchResult(BaseModel):
 
 class ServiceHealth(BaseModel):
     ready: bool
-    url: str
+    url: str | None = Field(None, description="The service's base URL (GET /internal/health only).")
     reason: str | None = None
 
 

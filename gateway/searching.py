@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import IO
 from urllib.parse import urlencode
 
 from gateway.clients import ServiceClients
@@ -13,12 +15,13 @@ from gateway.errors import QueryExpired
 from gateway.query_cache import (
     CachedQuery,
     QueryCache,
-    image_query_id,
+    image_query_id_of_digests,
     mean_direction,
     record_query_id,
     text_query_id,
 )
 from gateway.schemas import Identity, Prediction, PredictionResult, SearchParameters, SearchResult
+from gateway.served import ServedImages
 from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
 from services.common.errors import DomainError, InvalidInput
@@ -27,15 +30,35 @@ from services.common.vocabulary import CLADE_RANKS, RANKS, TaxonFilter, clean
 
 logger = logging.getLogger(__name__)
 
-Upload = tuple[str, bytes, str]  # file name, bytes, content type
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded photo, held where the upload put it (a spooled temporary file: memory up to
+    1 MB, then disk), never copied whole into memory: `digest` (SHA-256, hex) and `size` (bytes)
+    were computed while it was read once, and `file` streams on to the embedder."""
+
+    name: str
+    file: IO[bytes]
+    size: int
+    digest: str
+    content_type: str
 
 
 class Searcher:
-    def __init__(self, clients: ServiceClients, cache: QueryCache, *, max_images: int, predictions: int) -> None:
+    def __init__(
+        self,
+        clients: ServiceClients,
+        cache: QueryCache,
+        *,
+        max_images: int,
+        predictions: int,
+        served: ServedImages | None = None,
+    ) -> None:
         self.clients = clients
         self.cache = cache
         self.max_images = max_images
         self.predictions = predictions
+        self.served = served if served is not None else ServedImages(0)
 
     async def image_query(self, uploads: list[Upload]) -> CachedQuery:
         if not uploads:
@@ -44,14 +67,14 @@ class Searcher:
             raise InvalidInput(
                 f"{len(uploads)} photos; one query takes at most {self.max_images}", code="too_many_images"
             )
-        for name, data, _ in uploads:
-            if not data:
-                raise InvalidInput(f"{name}: the uploaded file is empty", code="empty_file")
-        query_id = image_query_id([data for _, data, _ in uploads])
+        for upload in uploads:
+            if not upload.size:
+                raise InvalidInput(f"{upload.name}: the uploaded file is empty", code="empty_file")
+        query_id = image_query_id_of_digests([upload.digest for upload in uploads])
         if cached := self.cache.get(query_id):
             return cached
-        embedded = await self.clients.embed_images(uploads)
-        label = ", ".join(name for name, _, _ in uploads)
+        embedded = await self.clients.embed_images([(u.name, u.file, u.content_type) for u in uploads])
+        label = ", ".join(upload.name for upload in uploads)
         return self.cache.put(CachedQuery(query_id, "image", mean_direction(embedded.vectors), label))
 
     async def text_query(self, text: str) -> CachedQuery:
@@ -90,6 +113,7 @@ class Searcher:
         prediction, prediction_error = await prediction_task if prediction_task else (None, None)
         result = found.results[0]
         hits = [hit_view(hit) for hit in result.hits]
+        self.served.remember(hits)
         agreed = consensus(hits, params.rank)
         top = prediction.predictions[0].name if prediction and prediction.predictions else None
         # Everything the search service said about how it searched, without the hits themselves.

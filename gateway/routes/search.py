@@ -3,6 +3,7 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.dependencies import SearcherDep, limit_searches
+from gateway.dependencies import SearcherDep, UploadsDep, limit_searches
 from gateway.export import hits_csv, hits_json
 from gateway.query_cache import CachedQuery
 from gateway.schemas import (
@@ -71,15 +72,28 @@ def _fields(pairs: FormData | Any, skip: set[str]) -> dict[str, Any]:
     return data
 
 
+_CHUNK = 1 << 20
+
+
+async def _upload(item: UploadFile, n: int) -> Upload:
+    """An uploaded file as it lies (Starlette spools it: memory up to 1 MB, then disk), read once
+    in chunks for its digest and left rewound for the embedder."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := await item.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    await item.seek(0)
+    name = item.filename or f"photo {n + 1}"
+    return Upload(name, item.file, size, digest.hexdigest(), item.content_type or "application/octet-stream")
+
+
 async def _from_form(request: Request, searcher: Searcher) -> tuple[CachedQuery, SearchParameters]:
+    # The files live as long as the form: the embedder reads them before it closes.
     async with request.form() as form:
         params = _validated(SearchParameters, _fields(form, {"image"}))
-        uploads: list[Upload] = [
-            (item.filename or f"photo {n + 1}", await item.read(), item.content_type or "application/octet-stream")
-            for n, item in enumerate(form.getlist("image"))
-            if isinstance(item, UploadFile)
-        ]
-    return await searcher.image_query(uploads), params
+        items = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        uploads = [await _upload(item, n) for n, item in enumerate(items)]
+        return await searcher.image_query(uploads), params
 
 
 async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
@@ -94,14 +108,18 @@ async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
 @router.post(
     "/search", response_model=SearchResult, responses=ERRORS, openapi_extra=_BODIES, summary="Search the collection"
 )
-async def search(request: Request, searcher: SearcherDep) -> SearchResult:
+async def search(request: Request, searcher: SearcherDep, uploads: UploadsDep) -> SearchResult:
     """Nearest records to one or more uploaded photos (multipart field `image`, repeatable: several
     photos of one organism are averaged), or, as JSON, to a text, a record, or a query id from an
     earlier result (which is not embedded again).
+
+    Uploads in flight are bounded (`GATEWAY_MAX_CONCURRENT_UPLOADS`): one more is refused with
+    503 `too_many_uploads` and `Retry-After` before its body is read.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        query, params = await _from_form(request, searcher)
+        with uploads.hold():
+            query, params = await _from_form(request, searcher)
         return await searcher.run(query, params)
     if content_type.startswith("application/json"):
         try:

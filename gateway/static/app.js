@@ -807,6 +807,32 @@
     els.dropZone.classList.add("has-preview");
   }
 
+  // A photo the browser cannot show (HEIC outside Safari, TIFF): when its preview fails to decode, the
+  // gateway sends a JPEG of it, decoded as the search decodes it. Only the preview still showing that
+  // photo is replaced.
+  function previewViaGateway(img, file) {
+    const src = img.src;
+    const onLoad = () => img.removeEventListener("error", onError);
+    async function onError() {
+      img.removeEventListener("load", onLoad);
+      if (img.src !== src) return;
+      const form = new FormData();
+      form.append("image", file, file.name || "pasted image");
+      try {
+        const response = await fetch("/api/preview", { method: "POST", body: form });
+        if (!response.ok || img.src !== src) return;
+        const url = URL.createObjectURL(await response.blob());
+        previewUrls.push(url);
+        img.src = url;
+        img.hidden = false;
+      } catch {
+        // No preview then: the search itself says what is wrong with the photo.
+      }
+    }
+    img.addEventListener("error", onError, { once: true });
+    img.addEventListener("load", onLoad, { once: true });
+  }
+
   function useFiles(list) {
     const files = Array.from(list || []);
     if (!files.length) return;
@@ -824,6 +850,7 @@
     const label = files.length === 1 ? names : `${files.length} photos of one organism, searched together: ${names}`;
     showPreviews(images, label);
     previewUrls = images.map((image) => image.src);
+    [els.preview, ...els.previewMore.querySelectorAll("img")].forEach((img, n) => previewViaGateway(img, files[n]));
     els.textInput.value = "";
     runSearch({ kind: "image", files, queryId: null });
   }
@@ -943,6 +970,9 @@
     const count = index ? (index.metadata_rows ?? index.vectors) : null;
     if (typeof count === "number") parts.push(`${count.toLocaleString()} records`);
     else parts.push("index unavailable");
+    // A downloaded collection names its hub repo and pinned commit (the data folder's lock file).
+    const pin = index && index.collection;
+    if (pin && pin.repo && pin.commit) parts.push(`collection ${pin.repo} @ ${String(pin.commit).slice(0, 12)}`);
     return parts.join(" · ");
   }
 

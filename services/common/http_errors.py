@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 
 from services.common.errors import (
@@ -175,6 +176,13 @@ def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> 
             headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
             headers = {key: value for key, value in headers.items() if value}
         return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away while sending its body (a slow upload given up): nobody reads this
+        # answer, and it is no fault of ours, so no traceback.
+        logger.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client disconnected before the request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

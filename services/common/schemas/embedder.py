@@ -39,7 +39,18 @@ class ModelInfo(BaseModel):
     )
     std: list[float] = Field(min_length=3, max_length=3, description="Per-channel standard deviation (RGB).")
     device: str
-    precision: str
+    precision: str = Field(description="What the model runs in: fp32, bf16, fp16 or int8.")
+    precision_requested: str | None = Field(None, description="EMBEDDER_PRECISION as set (auto or a precision).")
+    precision_reason: str | None = Field(None, description="Why this precision: the setting, or auto's reasoning.")
+    cpu_capability: str | None = Field(
+        None, description="The vector ISA PyTorch's CPU kernels dispatch to (DEFAULT, AVX2, AVX512, ...)."
+    )
+    precision_probe_ms: dict[str, float] | None = Field(
+        None,
+        description="auto's start-up probe: ms for one of the model's transformer blocks at batch 1, per candidate "
+        "precision (the fastest of three runs); null when nothing was probed.",
+    )
+    precision_probe_seconds: float | None = Field(None, description="How long the probe took at start-up, in s.")
     parameters: int
     torch_threads: int | None = Field(None, description="torch intra-op threads in use.")
     max_batch_size: int | None = Field(None, description="Most images in one forward pass.")
