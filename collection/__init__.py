@@ -1,1 +1,1 @@
-"""The offline side: making a collection (index, metadata, lookup sidecar) that the search service reads."""
+"""The offline side: download the published data, and make the files search reads (index, metadata, sidecar)."""

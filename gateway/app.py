@@ -9,17 +9,21 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from gateway.admission import UploadSlots
 from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.routes import examples, health, queries, records, search, taxa, vocabulary
+from gateway.routes import examples, health, previews, queries, records, search, taxa, vocabulary
 from gateway.searching import Searcher
+from gateway.security_headers import SecurityHeadersMiddleware
+from gateway.served import ServedImages
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
-from services.common.service import create_service_app
+from services.common.service import BlockingPool, create_service_app
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -39,14 +43,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.clients = ServiceClients(client, settings)
+        app.state.served = ServedImages(settings.served_images)
+        app.state.uploads = UploadSlots(settings.max_concurrent_uploads, retry_after=settings.shed_retry_after)
         app.state.searcher = Searcher(
             app.state.clients,
             QueryCache(settings.query_cache_size),
             max_images=settings.max_images_per_query,
             predictions=settings.predictions,
+            served=app.state.served,
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
+        app.state.preview_pool = BlockingPool(settings.max_concurrent_previews)
         app.state.ready = True
         async with client:
             yield
@@ -60,14 +68,20 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         max_body_bytes=settings.max_upload_bytes,
         description="Search a labelled collection of organism photos by photo or by taxon name.",
         errors=ERROR_STATUS,
+        schema_models=search.SCHEMA_MODELS,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.trusted_proxies:  # outermost: everything inside sees the client the proxy saw
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(search.router)
     app.include_router(records.router)
+    app.include_router(previews.router)
     app.include_router(health.router)
     app.include_router(vocabulary.router)
     app.include_router(taxa.router)
     app.include_router(examples.router)
     app.include_router(queries.router)
+    app.include_router(health.internal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The page lives at / and its files under /static, so /api paths never fall through to files.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -28,10 +30,31 @@ class GatewaySettings(ServiceSettings):
     max_concurrent_embeds: int = Field(8, ge=1, description="Embedder calls in flight at once.")
     max_concurrent_searches: int = Field(16, ge=1, description="Search service calls in flight at once.")
     max_concurrent_images: int = Field(32, ge=1, description="Fetcher calls in flight at once.")
+    max_waiting_calls: int = Field(
+        32, ge=0, description="Calls that may wait for a free slot to one service; beyond, 503 + Retry-After at once."
+    )
+    queue_wait: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a call may wait for a free slot to a service (never past its timeout) before 503.",
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Photo searches whose uploads are in flight at once; beyond, 503 + Retry-After at once."
+    )
+    shed_retry_after: float = Field(2.0, gt=0, description="Retry-After, in seconds, on a 503 that sheds load.")
+    served_images: int = Field(
+        20_000, ge=0, description="Image URLs of recently served hits kept, so their images are served without search."
+    )
     searches_per_minute: int = Field(60, ge=1, description="Searches and exports one client may make per minute.")
     images_per_minute: int = Field(1200, ge=1, description="Image requests one client may make per minute.")
-    trust_forwarded_for: bool = Field(
-        False, description="Key rate limits on X-Forwarded-For (only behind a proxy that sets it)."
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (CIDR) of the reverse proxies in front of the gateway. "
+            "A request from one of them is taken to come from the address the proxy saw: the rightmost "
+            "X-Forwarded-For entry not itself a trusted proxy (uvicorn's proxy-headers rule). Empty: none "
+            "trusted, X-Forwarded-For ignored, rate limits key on the connecting address."
+        ),
     )
     predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
     example_records: list[int] = Field(
@@ -40,5 +63,27 @@ class GatewaySettings(ServiceSettings):
         "records with an image.",
     )
     examples: int = Field(4, ge=0, le=12, description="How many examples the page offers (0: none).")
+    preview_pixels: int = Field(
+        320, ge=16, le=2048, description="Longest side of the JPEG preview of an upload (POST /api/preview)."
+    )
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Largest upload decoded for a preview, in pixels; a larger JPEG is decoded at reduced scale.",
+    )
+    max_concurrent_previews: int = Field(2, ge=1, description="Previews decoded at once (each a thread).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        # uvicorn would take a mistyped entry as a literal name that never matches: refuse it here.
+        for entry in filter(None, (item.strip() for item in value.split(","))):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value

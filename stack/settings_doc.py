@@ -41,7 +41,8 @@ def settings_tables() -> str:
         parts += ["", f"### {title} (`{prefix}*`)", "", "| variable | default | what it does |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
             description = (field.description or "").replace("|", "\\|")
-            parts.append(f"| `{prefix}{name.upper()}` | {_default(field.default)} | {description} |")
+            default = _default(field.get_default(call_default_factory=True))  # a list's `[]`, not its factory
+            parts.append(f"| `{prefix}{name.upper()}` | {default} | {description} |")
     parts += ["", END]
     return "\n".join(parts)
 

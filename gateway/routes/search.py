@@ -3,8 +3,9 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,58 +13,46 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.dependencies import SearcherDep, limit_searches
+from gateway.dependencies import SearcherDep, UploadsDep, limit_searches
 from gateway.export import hits_csv, hits_json
 from gateway.query_cache import CachedQuery
-from gateway.schemas import QueryRequest, SearchParameters, SearchResult, TaxonFilter
+from gateway.schemas import (
+    QueryRequest,
+    SearchLink,
+    SearchParameters,
+    SearchResult,
+    TaxonFilter,
+    search_form_schema,
+)
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
 from services.common.http_errors import ErrorResponse
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
-_FORM_FIELDS = {
-    "image": {
-        "type": "array",
-        "items": {"type": "string", "format": "binary"},
-        "description": "One or more photos of one organism.",
-    },
-    "filter": {
-        "type": "array",
-        "items": {"type": "string"},
-        "description": "Taxon filters as rank:value, e.g. order:Lepidoptera.",
-    },
-    **{
-        name: {"type": "string", "description": field.description}
-        for name, field in SearchParameters.model_fields.items()
-        if name != "filters"
-    },
-}
-
-
-def _json_body_schema() -> dict[str, Any]:
-    """QueryRequest's schema with its references into the document's components (where the response
-    models already put TaxonFilter): a `#/$defs/...` reference is not resolvable in an OpenAPI document."""
-    schema = QueryRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)
-    return schema
-
-
 _BODIES = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}},
-            "application/json": {"schema": _json_body_schema()},
+            "multipart/form-data": {"schema": search_form_schema()},
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}},
         },
     }
 }
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 410, 413, 415, 422, 429, 502, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 410, 413, 415, 422, 429, 502, 503, 504)}
+# The export answers CSV as well as the JSON result.
+LINK_ANSWERS = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The result, or its hits as CSV."},
+    **ERRORS,
+}
+# The gateway's own JSON body, named in _BODIES (the route reads the body itself: two content types).
+SCHEMA_MODELS = (QueryRequest,)
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any]) -> Any:
+def _validated(model: type[BaseModel], data: dict[str, Any], *, strict: bool = False) -> Any:
+    """`data` as `model`; strict for a JSON body (typed values), lax for form fields and query strings (text)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
 
@@ -83,15 +72,28 @@ def _fields(pairs: FormData | Any, skip: set[str]) -> dict[str, Any]:
     return data
 
 
+_CHUNK = 1 << 20
+
+
+async def _upload(item: UploadFile, n: int) -> Upload:
+    """An uploaded file as it lies (Starlette spools it: memory up to 1 MB, then disk), read once
+    in chunks for its digest and left rewound for the embedder."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := await item.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    await item.seek(0)
+    name = item.filename or f"photo {n + 1}"
+    return Upload(name, item.file, size, digest.hexdigest(), item.content_type or "application/octet-stream")
+
+
 async def _from_form(request: Request, searcher: Searcher) -> tuple[CachedQuery, SearchParameters]:
+    # The files live as long as the form: the embedder reads them before it closes.
     async with request.form() as form:
         params = _validated(SearchParameters, _fields(form, {"image"}))
-        uploads: list[Upload] = [
-            (item.filename or f"photo {n + 1}", await item.read(), item.content_type or "application/octet-stream")
-            for n, item in enumerate(form.getlist("image"))
-            if isinstance(item, UploadFile)
-        ]
-    return await searcher.image_query(uploads), params
+        items = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        uploads = [await _upload(item, n) for n, item in enumerate(items)]
+        return await searcher.image_query(uploads), params
 
 
 async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
@@ -106,14 +108,18 @@ async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
 @router.post(
     "/search", response_model=SearchResult, responses=ERRORS, openapi_extra=_BODIES, summary="Search the collection"
 )
-async def search(request: Request, searcher: SearcherDep) -> SearchResult:
+async def search(request: Request, searcher: SearcherDep, uploads: UploadsDep) -> SearchResult:
     """Nearest records to one or more uploaded photos (multipart field `image`, repeatable: several
     photos of one organism are averaged), or, as JSON, to a text, a record, or a query id from an
     earlier result (which is not embedded again).
+
+    Uploads in flight are bounded (`GATEWAY_MAX_CONCURRENT_UPLOADS`): one more is refused with
+    503 `too_many_uploads` and `Retry-After` before its body is read.
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        query, params = await _from_form(request, searcher)
+        with uploads.hold():
+            query, params = await _from_form(request, searcher)
         return await searcher.run(query, params)
     if content_type.startswith("application/json"):
         try:
@@ -122,28 +128,22 @@ async def search(request: Request, searcher: SearcherDep) -> SearchResult:
             raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
-        body = _validated(QueryRequest, raw)
+        body = _validated(QueryRequest, raw, strict=True)
         return await searcher.run(await _from_request(searcher, body), body)
     raise UnsupportedMediaType(
         "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json"
     )
 
 
-@router.get("/search", response_model=SearchResult, responses=ERRORS, summary="Search from a query string")
-async def search_by_link(
-    request: Request,
-    searcher: SearcherDep,
-    q: Annotated[str | None, Query(description="A query id from an earlier result.")] = None,
-    text: Annotated[str | None, Query(description="A taxon or common name.")] = None,
-    record: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Search from this record.")] = None,
-    format: Annotated[Literal["json", "csv"], Query(description="json (the result) or csv (the hits).")] = "json",
-    download: Annotated[bool, Query(description="Answer as a file to save.")] = False,
-) -> Response:
+@router.get("/search", response_model=SearchResult, responses=LINK_ANSWERS, summary="Search from a query string")
+async def search_by_link(searcher: SearcherDep, link: Annotated[SearchLink, Query()]) -> Response:
     """The same search from a query string (what a permalink holds): `q`, `text` or `record`, the
     parameters of POST /api/search, and repeatable `filter=rank:value`. `format=csv` exports the hits.
     """
-    fields = _fields(request.query_params, {"q", "text", "record", "format", "download", "model", "index"})
-    body = _validated(QueryRequest, {**fields, "query_id": q, "text": text, "record_id": record})
+    parameters = link.model_dump(include=set(SearchParameters.model_fields) - {"filters"}, exclude_none=True)
+    query = {"query_id": link.q, "text": link.text, "record_id": link.record}
+    body = _validated(QueryRequest, {**parameters, "filters": _filters(link.filter), **query})
+    format, download = link.format, link.download
     result = await searcher.run(await _from_request(searcher, body), body)
     filename = f"bioclip-search-{result.query_id[:16]}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}

@@ -520,7 +520,9 @@
     const body = [];
     const prediction = result.prediction;
     if (prediction && Array.isArray(prediction.predictions) && prediction.predictions.length) {
-      body.push(el("p", "panel-note", `Zero-shot, at ${prediction.rank} rank:`));
+      // Made within the user's filter (prediction.within) when one restricts it: say so.
+      const within = prediction.within && prediction.within.rank ? ` within ${prediction.within.rank} ${prediction.within.value}` : "";
+      body.push(el("p", "panel-note", `Zero-shot, at ${prediction.rank} rank${within}:`));
       const list = el("ol", "predictions");
       for (const item of prediction.predictions) {
         const li = el("li", "prediction");
@@ -555,7 +557,8 @@
       const p = el("p", "consensus-name");
       p.append(taxonNode(c.name, c.rank), el("span", "muted", ` (${c.rank})`));
       const hits = Array.isArray(result.hits) ? result.hits.length : 0;
-      body.push(p, el("p", "panel-note", `${percent(c.share)} of the hits' similarity; ${c.hits} of ${plural(hits, "hit")}.`));
+      const unknown = c.unknown ? ` ${c.unknown} do not name a ${c.rank}.` : "";
+      body.push(p, el("p", "panel-note", `${percent(c.share)} of the hits' similarity; ${c.hits} of ${plural(hits, "hit")}.${unknown}`));
     } else {
       body.push(el("p", "soft", "The hits name no taxon at this rank."));
     }
@@ -598,11 +601,11 @@
       if (Array.isArray(node.children) && node.children.length) {
         // Open down to order, or all the way while the tree does not branch.
         const children = treeList(node.children, depth + 1);
-        row.append(treeToggle(node, children, depth < 3 || nodes.length === 1), treeFilterButton(node), count);
+        row.append(treeToggle(node, children, depth < 3 || nodes.length === 1), treeName(node), count);
         li.append(row, children);
       } else {
         li.className = "leaf";
-        row.append(el("span", "rank-label", `${node.rank} `), treeFilterButton(node), count);
+        row.append(el("span", "rank-label", `${node.rank} `), treeName(node), count);
         li.append(row);
       }
       list.append(li);
@@ -615,7 +618,8 @@
     toggle.type = "button";
     const arrow = el("span", "tree-arrow", "▸");
     arrow.setAttribute("aria-hidden", "true");
-    toggle.append(arrow, el("span", "rank-label", node.rank), el("span", "visually-hidden", ` ${node.name}`));
+    const name = typeof node.name === "string" ? node.name : "unknown";
+    toggle.append(arrow, el("span", "rank-label", node.rank), el("span", "visually-hidden", ` ${name}`));
     const show = (shown) => {
       toggle.setAttribute("aria-expanded", String(shown));
       children.hidden = !shown;
@@ -821,6 +825,32 @@
     els.dropZone.classList.add("has-preview");
   }
 
+  // A photo the browser cannot show (HEIC outside Safari, TIFF): when its preview fails to decode, the
+  // gateway sends a JPEG of it, decoded as the search decodes it. Only the preview still showing that
+  // photo is replaced.
+  function previewViaGateway(img, file) {
+    const src = img.src;
+    const onLoad = () => img.removeEventListener("error", onError);
+    async function onError() {
+      img.removeEventListener("load", onLoad);
+      if (img.src !== src) return;
+      const form = new FormData();
+      form.append("image", file, file.name || "pasted image");
+      try {
+        const response = await fetch("/api/preview", { method: "POST", body: form });
+        if (!response.ok || img.src !== src) return;
+        const url = URL.createObjectURL(await response.blob());
+        previewUrls.push(url);
+        img.src = url;
+        img.hidden = false;
+      } catch {
+        // No preview then: the search itself says what is wrong with the photo.
+      }
+    }
+    img.addEventListener("error", onError, { once: true });
+    img.addEventListener("load", onLoad, { once: true });
+  }
+
   function useFiles(list) {
     const files = Array.from(list || []);
     if (!files.length) return;
@@ -838,6 +868,7 @@
     const label = files.length === 1 ? names : `${files.length} photos of one organism, searched together: ${names}`;
     showPreviews(images, label);
     previewUrls = images.map((image) => image.src);
+    [els.preview, ...els.previewMore.querySelectorAll("img")].forEach((img, n) => previewViaGateway(img, files[n]));
     els.textInput.value = "";
     runSearch({ kind: "image", files, queryId: null });
   }
@@ -1014,6 +1045,12 @@
   }
 
   // A node of the hits' tree is a button that keeps only that taxon (a filter added to the box).
+  // A rank the hits do not know is a node of its own (name null): the ranks below it stay in the tree,
+  // and it is no filter (no record is filtered by a missing name).
+  function treeName(node) {
+    return typeof node.name === "string" ? treeFilterButton(node) : el("span", "taxon-unknown soft", "unknown");
+  }
+
   function treeFilterButton(node) {
     const button = el("button", "tree-filter");
     button.type = "button";
@@ -1210,6 +1247,9 @@
     const count = index ? (index.metadata_rows ?? index.vectors) : null;
     if (typeof count === "number") parts.push(`${count.toLocaleString()} records`);
     else parts.push("index unavailable");
+    // A downloaded collection names its hub repo and pinned commit (the data folder's lock file).
+    const pin = index && index.collection;
+    if (pin && pin.repo && pin.commit) parts.push(`collection ${pin.repo} @ ${String(pin.commit).slice(0, 12)}`);
     return parts.join(" · ");
   }
 

@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
 
 from services.common.errors import (
     DependencyFailed,
@@ -130,6 +132,19 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     return summary or "invalid request", problems
 
 
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app's published schema serves at the request's path, sorted (empty: a path outside it)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        if regex.match(request.url.path):
+            methods |= {method.upper() for method in operations if method in _METHODS}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> None:
     """Every exception leaves as the JSON error shape; a bug is a 500 without a traceback.
 
@@ -154,7 +169,20 @@ def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette answers from the first route whose path matched; a path served by several routes
+            # (GET and POST /api/search) allows the methods of all of them (RFC 9110, 15.5.6).
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+            headers = {key: value for key, value in headers.items() if value}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away while sending its body (a slow upload given up): nobody reads this
+        # answer, and it is no fault of ours, so no traceback.
+        logger.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client disconnected before the request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,7 @@ licences, served by the service itself)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,9 +18,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.http_errors import StatusTable, install_error_handlers
+from services.common.http_errors import ErrorResponse, StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
 
@@ -119,6 +120,15 @@ def operations_router(service: str, metrics: _Metrics) -> APIRouter:
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/docs-assets"
+# The docs pages' Content-Security-Policy. FastAPI's Swagger UI and ReDoc pages start their bundles with an
+# inline script (and the bundles add inline styles; ReDoc runs a worker from a blob): that is allowed, and
+# nothing from another origin (ReDoc's bundle would draw its badge from cdn.redoc.ly). References: MDN,
+# "Content-Security-Policy"; OWASP Secure Headers Project.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; font-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def install_offline_docs(app: FastAPI) -> None:
@@ -131,7 +141,7 @@ def install_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{oauth2_redirect}",
@@ -139,10 +149,14 @@ def install_offline_docs(app: FastAPI) -> None:
             swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
         )
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
+        return page
 
     @app.get(oauth2_redirect, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        page = get_swagger_ui_oauth2_redirect_html()
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
@@ -154,8 +168,7 @@ def install_offline_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
-        # ReDoc's bundle draws its "API docs by Redocly" badge from cdn.redoc.ly: images from here only.
-        page.headers["Content-Security-Policy"] = "img-src 'self' data:"
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
         return page
 
 
@@ -168,11 +181,14 @@ def create_service_app(
     description: str = "",
     max_body_bytes: int | None = None,
     errors: StatusTable | None = None,
+    schema_models: Sequence[type[BaseModel]] = (),
 ) -> FastAPI:
     """A FastAPI app with the parts every service shares. Readiness reads `app.state.ready`.
 
     `max_body_bytes` refuses larger request bodies with 413 while they stream in. `errors` maps the
     service's own domain errors to HTTP statuses, on top of the shared kinds (services/common/http_errors.py).
+    `schema_models`: models a route's `openapi_extra` refers to (`#/components/schemas/Name`) that no
+    route declares, added to the published schema.
     """
     # /docs and /redoc come from install_offline_docs: FastAPI's own load their files from a CDN.
     app = FastAPI(
@@ -193,4 +209,35 @@ def create_service_app(
 
     app.include_router(operations_router(service, metrics))
     install_offline_docs(app)
+    _complete_openapi(app, schema_models, body_limit=max_body_bytes is not None)
     return app
+
+
+def _complete_openapi(app: FastAPI, models: Sequence[type[BaseModel]], *, body_limit: bool) -> None:
+    """Publish what every service answers besides its routes' own declarations: a body that cannot be read
+    is 400 (not JSON, not UTF-8, a broken multipart), a body over the limit 413, both in the error shape."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, defs = models_json_schema(
+            [(model, "validation") for model in (ErrorResponse, *models)], ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in defs.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "requestBody" not in operation:
+                    continue
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", {"description": "The body cannot be read.", **error})
+                if body_limit:
+                    responses.setdefault("413", {"description": "The body is larger than this service takes.", **error})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import anyio
 
+from services.common.images import claimed_format
 from services.fetcher.errors import FetchFailed
 
 logger = logging.getLogger(__name__)
@@ -40,17 +41,8 @@ METADATA_ADDRESSES = frozenset(
     )
 )
 
-# The image formats services.common.images decodes, by their first bytes (WebP is RIFF....WEBP).
-_MAGIC_PREFIXES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-    b"BM",
-)
-MAGIC_BYTES_NEEDED = 12
+# Enough of the start of a body to tell its format (Pillow reads as many to choose a decoder).
+MAGIC_BYTES_NEEDED = 16
 
 # Content types that may carry an image: S3 and some CDNs label everything octet-stream.
 _IMAGE_LIKE_TYPES = ("application/octet-stream", "binary/octet-stream")
@@ -190,7 +182,6 @@ def content_type_refusal(content_type: str | None) -> str | None:
 
 
 def looks_like_image(head: bytes) -> bool:
-    """The first bytes are those of a format the fetcher decodes (JPEG, PNG, GIF, WebP, TIFF, BMP)."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return True
-    return head.startswith(_MAGIC_PREFIXES)
+    """The first bytes are those of a format the shared decoder takes (services.common.images.ALLOWED_FORMATS,
+    by the decoders' own signature tests), so that no other body is read to its end."""
+    return claimed_format(head) is not None

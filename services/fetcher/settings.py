@@ -79,7 +79,12 @@ class FetcherSettings(ServiceSettings):
     max_image_bytes: int = Field(
         20_000_000, ge=1, description="Largest image accepted from a source, in bytes (reading stops past it)."
     )
-    max_image_pixels: int = Field(89_478_485, ge=1, description="Largest decoded image, in pixels.")
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Largest decoded image, in pixels; a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale to fit, "
+        "any other format is refused.",
+    )
     thumb_pixels: int = Field(IMAGE_SIZES["thumb"], ge=16, description="Longest side of a `thumb` image.")
     medium_pixels: int = Field(IMAGE_SIZES["medium"], ge=16, description="Longest side of a `medium` image.")
     thumb_format: str = Field("WEBP", pattern="^(WEBP|JPEG)$", description="Encoding of thumb and medium images.")

@@ -130,9 +130,11 @@ def _smaller_wikimedia(url: str, longest_side: int | None) -> str | None:
 def render(data: bytes, *, longest_side: int | None, image_format: str, max_pixels: int) -> Rendered:
     """Decode (allowlisted formats only), shrink to `longest_side` (None: keep the size), re-encode.
 
-    Re-encoding always, even at full size, drops EXIF/GPS and anything else riding in the file.
+    Re-encoding always, even at full size, drops EXIF/GPS and anything else riding in the file. A JPEG is
+    decoded at the smallest DCT scale that still gives `longest_side`; at full size, one over `max_pixels` is
+    decoded at the first scale (1/2, 1/4, 1/8) within it.
     """
-    image = decode_image(data, "source image", max_pixels)
+    image = decode_image(data, "source image", max_pixels, longest_side=longest_side)
     if longest_side is not None and max(image.size) > longest_side:
         image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()

@@ -257,3 +257,26 @@ def test_a_cache_entry_without_read_permission_is_a_miss(
         entry.chmod(0)
         response = client.get("/v1/image", params={"url": url})
     assert response.status_code == 200 and response.headers["x-fetcher-cache"] == "miss"
+
+
+@pytest.mark.parametrize(("size", "side"), [("thumb", 256), ("full", 2000)])
+def test_a_jpeg_over_the_pixel_limit_is_served_decoded_at_reduced_scale(
+    source: Source, make_image: ImageFactory, tmp_path: Path, size: str, side: int
+) -> None:
+    url = source.add("/big.jpg", Route(body=make_image(4000, 3000, quality=70)))
+    with TestClient(create_app(fetcher_settings(tmp_path / "cache", max_image_pixels=3_000_000))) as client:
+        response = client.get("/v1/image", params={"url": url, "size": size})
+    assert response.status_code == 200, response.text
+    # full: 12 megapixels stored, decoded at 1/2 scale (2000x1500), the first within the 3 megapixel limit.
+    assert max(Image.open(io.BytesIO(response.content)).size) == side
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_sources_are_rendered(source: Source, make_image: ImageFactory, tmp_path: Path, fmt: str) -> None:
+    url = source.add(
+        f"/photo.{fmt.lower()}", Route(body=make_image(600, 400, fmt=fmt), content_type=f"image/{fmt.lower()}")
+    )
+    with TestClient(create_app(fetcher_settings(tmp_path / "cache"))) as client:
+        response = client.get("/v1/image", params={"url": url, "size": "thumb"})
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == (256, 171)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from services.common.vocabulary import (
     SCOPES,
@@ -23,6 +23,9 @@ __all__ = ["SCOPES", "STOPPED", "FilterRank", "Scope", "SearchParameters", "Stop
 
 class SearchRequest(SearchParameters):
     """The search parameters, with the query vectors they apply to."""
+
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
 
     vectors: list[list[float]] = Field(
         min_length=1, max_length=16, description="Query vectors (1 to 16), each of the index's dimension."
@@ -116,6 +119,14 @@ class RecordVector(BaseModel):
     encoding: str = Field(description="The FAISS index class the vector was decoded from.")
 
 
+class CollectionPin(BaseModel):
+    """Where a downloaded collection came from: its hub repo and the commit pinned in the data folder's lock file."""
+
+    repo: str = Field(description="The hub repo, e.g. imageomics/bioclip-image-search-lite.")
+    revision: str = Field(description="The revision asked for (a branch, tag or commit).")
+    commit: str = Field(description="The commit the files are from (40 hex digits).")
+
+
 class SearchStats(BaseModel):
     index_type: str
     vectors: int
@@ -134,6 +145,9 @@ class SearchStats(BaseModel):
     reconstruct: bool = Field(True, description="Whether GET /v1/records/{id}/vector can answer.")
     max_candidates: int = Field(10_000, description="Most neighbours one query may examine (the fill bound).")
     max_nprobe: int | None = Field(None, description="Most IVF lists one query may visit (the fill bound).")
+    collection: CollectionPin | None = Field(
+        None, description="The hub repo and commit of a downloaded collection (`make data`); null for others."
+    )
 
 
 class TaxonSuggestion(BaseModel):

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from services.common.schemas.search import SearchStats
 from services.search.dependencies import EngineDep, SettingsDep
+from services.search.provenance import collection_pin
 
 router = APIRouter(tags=["search"])
 
@@ -28,4 +29,5 @@ async def stats(engine: EngineDep, settings: SettingsDep) -> SearchStats:
         reconstruct=index.reconstructs,
         max_candidates=engine.limits.max_candidates,
         max_nprobe=None if index.nlist is None else min(engine.limits.max_nprobe, index.nlist),
+        collection=collection_pin(settings),
     )
