@@ -26,11 +26,19 @@ async def record(record_id: RecordId, clients: ClientsDep) -> RecordView:
     return record_view(await clients.record(record_id))
 
 
+IMAGE_RESPONSES = {200: {"content": {"image/webp": {}, "image/jpeg": {}}}, **ERRORS}
+
+
 @router.get(
+    "/images/{record_id}", dependencies=[Depends(limit_images)], response_class=Response, responses=IMAGE_RESPONSES
+)
+@router.head(
     "/images/{record_id}",
     dependencies=[Depends(limit_images)],
     response_class=Response,
-    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}}, **ERRORS},
+    responses=IMAGE_RESPONSES,
+    operation_id="image_head",
+    summary="Image headers",
 )
 async def image(
     record_id: RecordId,
@@ -38,7 +46,8 @@ async def image(
     request: Request,
     size: Annotated[ImageSize, Query(description="thumb, medium or full.")] = "thumb",
 ) -> Response:
-    """A record's image, fetched from its source by the fetcher. The browser never names a URL."""
+    """A record's image, fetched from its source by the fetcher. The browser never names a URL. HEAD answers
+    the same status and headers (the image is fetched, and cached, all the same) without the bytes."""
     found = await clients.record(record_id)
     if not found.url:
         raise NotFound(f"record {record_id} has no published image", code="no_image")
