@@ -16,7 +16,7 @@ from gateway.clients import ServiceClients
 from gateway.dependencies import ClientsDep, SearcherDep, limit_searches
 from gateway.export import Format, hits_csv, hits_json, negotiated, provenance
 from gateway.query_cache import CachedQuery
-from gateway.schemas import QueryRequest, SearchParameters, SearchResult, TaxonFilter, one_query_message
+from gateway.schemas import Export, QueryRequest, SearchParameters, SearchResult, TaxonFilter, one_query_message
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
 from services.common.http_errors import ErrorResponse
@@ -146,7 +146,7 @@ async def search(request: Request, searcher: SearcherDep, clients: ClientsDep) -
     )
 
 
-@router.get("/search", response_model=SearchResult, responses=RESPONSES, summary="Search from a query string")
+@router.get("/search", response_model=Export, responses=RESPONSES, summary="Search from a query string")
 async def search_by_link(
     request: Request,
     searcher: SearcherDep,
