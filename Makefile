@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load bench-reliability check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,16 +38,28 @@ format: install ## Fix what ruff can fix and format the code
 docs: install ## Regenerate docs/operations.md's settings tables from the settings classes
 	$(PY) -m stack.settings_doc --write docs/operations.md
 
-bench: bench-embedder bench-search bench-fetcher bench-load ## Run every benchmark (minutes; results go in docs/benchmarks/)
+bench: bench-embedder bench-search bench-fetcher bench-load bench-reliability ## Run every benchmark (minutes; results go in docs/benchmarks/)
 
-bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random weights
-	$(PY) -m bench.embedder
+bench-embedder: install ## Embedder latency, throughput and precision quality, ViT-L-14 with random weights, on this CPU and limited to AVX2
+	@# setsid: a session (a scheduler autogroup) of its own, as the service it starts has; on a busy machine the
+	@# in-process side would otherwise get only its shell session's share of the CPU.
+	setsid -w $(PY) -m bench.embedder
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 setsid -w $(PY) -m bench.embedder --cpu-label avx2
+
+check-precision: install ## Reduced precision vs fp32 on your weights and photos: MODEL=... PHOTOS=dir [CHECKPOINT= CONFIG= INDEX= PRECISIONS=int8]
+	@test -n "$(MODEL)" -a -n "$(PHOTOS)" || { echo "usage: make check-precision MODEL=<hf-hub:name or architecture> PHOTOS=<folder> [CHECKPOINT=<weights>] [CONFIG=<architecture json>] [INDEX=<faiss index>] [PRECISIONS=int8,bf16]"; exit 2; }
+	$(PY) -m bench.precision_check --model "$(MODEL)" --photos "$(PHOTOS)" --precisions "$(or $(PRECISIONS),int8)" \
+		$(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(CONFIG),--architecture-config "$(CONFIG)") \
+		$(if $(INDEX),--index "$(INDEX)")
 
 bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
 	$(PY) -m bench.search
 
 bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
 	$(PY) -m bench.fetcher
+
+bench-reliability: install ## Gateway memory under 20 concurrent slow 19 MB uploads; embedder restart to ready
+	$(PY) -m bench.reliability all
 
 bench-load: install ## The demo stack under 16 page users for 60 s (locust, through nginx when installed)
 	$(PY) -m bench.load

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from gateway.admission import UploadSlots
 from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
@@ -19,6 +20,7 @@ from gateway.rate_limit import SlidingWindowLimiter
 from gateway.routes import health, previews, records, search, vocabulary
 from gateway.searching import Searcher
 from gateway.security_headers import SecurityHeadersMiddleware
+from gateway.served import ServedImages
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
@@ -42,11 +44,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.settings = settings
         app.state.clients = ServiceClients(client, settings)
+        app.state.served = ServedImages(settings.served_images)
+        app.state.uploads = UploadSlots(settings.max_concurrent_uploads, retry_after=settings.shed_retry_after)
         app.state.searcher = Searcher(
             app.state.clients,
             QueryCache(settings.query_cache_size),
             max_images=settings.max_images_per_query,
             predictions=settings.predictions,
+            served=app.state.served,
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
@@ -64,6 +69,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         max_body_bytes=settings.max_upload_bytes,
         description="Search a labelled collection of organism photos by photo or by taxon name.",
         errors=ERROR_STATUS,
+        schema_models=search.SCHEMA_MODELS,
+        unknown_parameter=search.UNKNOWN,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origin_list:  # outside the security headers, so a preflight is answered before them

@@ -1,7 +1,10 @@
 """The gateway's calls to the embedder, search and fetcher services, over one shared httpx client.
 
 Each service gets a bounded number of calls in flight, so one slow service cannot take every
-connection, and every call has its own timeout.
+connection (gateway/admission.py). Every call has one deadline, its service's timeout, which covers
+both the wait for a slot and the call itself. All the calls here are idempotent (GETs, and POSTs
+that compute without changing anything: embed, classify, search), so each is sent once more when
+the service closed a kept-alive connection under it (services/common/http.py).
 """
 
 from __future__ import annotations
@@ -9,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from cachetools import TTLCache
 
+from gateway.admission import CallSlots
 from gateway.errors import ModelIndexMismatch
 from gateway.settings import GatewaySettings
 from services.common.errors import DomainError
-from services.common.http import raise_for_upstream, upstream
+from services.common.http import raise_for_upstream, send_idempotent, upstream
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
+from services.common.vocabulary import TaxonFilter
 
 logger = logging.getLogger(__name__)
 
@@ -52,27 +57,47 @@ class ServiceClients:
             "search": settings.search_url.rstrip("/"),
             "fetcher": settings.fetcher_url.rstrip("/"),
         }
-        self._slots = {
-            "embedder": asyncio.Semaphore(settings.max_concurrent_embeds),
-            "search": asyncio.Semaphore(settings.max_concurrent_searches),
-            "fetcher": asyncio.Semaphore(settings.max_concurrent_images),
+        sizes = {
+            "embedder": settings.max_concurrent_embeds,
+            "search": settings.max_concurrent_searches,
+            "fetcher": settings.max_concurrent_images,
+        }
+        self.slots = {
+            service: CallSlots(
+                service,
+                size,
+                max_waiting=settings.max_waiting_calls,
+                max_wait=settings.queue_wait,
+                retry_after=settings.shed_retry_after,
+            )
+            for service, size in sizes.items()
         }
         # One entry; used from the event loop only, so no lock.
         self._identity: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=1, ttl=IDENTITY_TTL_SECONDS)
 
     def _timeout(self, read: float) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.settings.connect_timeout, read=read, write=read, pool=read)
+        return httpx.Timeout(connect=min(self.settings.connect_timeout, read), read=read, write=read, pool=read)
 
-    async def _call(self, service: str, method: str, path: str, read: float, **kwargs: Any) -> httpx.Response:
-        async with self._slots[service]:
+    async def _call(self, service: str, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
+        """One idempotent call, queueing included, within `timeout` seconds (the request's deadline)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        url = self.urls[service] + path
+
+        async def send() -> httpx.Response:
+            # What is left of the deadline, for the first try and for a second one alike.
+            left = max(deadline - loop.time(), 0.001)
+            return await self.client.request(method, url, timeout=self._timeout(left), **kwargs)
+
+        async with self.slots[service].hold(deadline):
             with upstream(service):
-                response = await self.client.request(
-                    method, self.urls[service] + path, timeout=self._timeout(read), **kwargs
-                )
+                response = await send_idempotent(send)
         raise_for_upstream(service, response)
         return response
 
-    async def embed_images(self, images: list[tuple[str, bytes, str]]) -> EmbedResponse:
+    async def embed_images(self, images: list[tuple[str, IO[bytes], str]]) -> EmbedResponse:
+        """Vectors of uploaded photos: (file name, file, content type); files stream from where they are
+        (a spooled temporary file), rewound by httpx if the call is sent again."""
         files = [("images", image) for image in images]
         response = await self._call("embedder", "POST", "/v1/embed/image", self.settings.embed_timeout, files=files)
         return EmbedResponse.model_validate(response.json())
@@ -83,11 +108,14 @@ class ServiceClients:
         )
         return EmbedResponse.model_validate(response.json())
 
-    async def classify(self, vector: list[float], rank: str, k: int) -> ClassifyResponse:
-        response = await self._call(
-            "embedder", "POST", "/v1/classify", self.settings.embed_timeout,
-            json={"vector": vector, "rank": rank, "k": k},
-        )  # fmt: skip
+    async def classify(
+        self, vector: list[float], rank: str, k: int, clade: TaxonFilter | None = None
+    ) -> ClassifyResponse:
+        """Zero-shot prediction at `rank`; within `clade` (a rank at or above `rank`) when given."""
+        body: dict[str, Any] = {"vector": vector, "rank": rank, "k": k}
+        if clade is not None:
+            body["clade"] = {"rank": clade.rank, "value": clade.value}
+        response = await self._call("embedder", "POST", "/v1/classify", self.settings.embed_timeout, json=body)
         return ClassifyResponse.model_validate(response.json())
 
     async def search(self, request: SearchRequest) -> SearchResponse:

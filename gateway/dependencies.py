@@ -7,9 +7,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.admission import UploadSlots
 from gateway.clients import ServiceClients
 from gateway.rate_limit import SlidingWindowLimiter
 from gateway.searching import Searcher
+from gateway.served import ServedImages
 from gateway.settings import GatewaySettings
 from services.common.errors import RateLimited
 
@@ -26,9 +28,19 @@ def get_settings(request: Request) -> GatewaySettings:
     return request.app.state.settings
 
 
+def get_served(request: Request) -> ServedImages:
+    return request.app.state.served
+
+
+def get_uploads(request: Request) -> UploadSlots:
+    return request.app.state.uploads
+
+
 ClientsDep = Annotated[ServiceClients, Depends(get_clients)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
+ServedDep = Annotated[ServedImages, Depends(get_served)]
+UploadsDep = Annotated[UploadSlots, Depends(get_uploads)]
 
 
 def _client_key(request: Request) -> str:

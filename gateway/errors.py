@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from services.common.errors import DependencyFailed, Expired
+from services.common.errors import DependencyFailed, DependencyUnavailable, Expired, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -22,3 +22,17 @@ class ModelIndexMismatch(DependencyFailed):
 
     def __init__(self, message: str) -> None:
         super().__init__("search", message)
+
+
+class ServiceBusy(DependencyUnavailable):
+    """Shed: every call slot to `service` is taken and the queue for one is full, or a slot would not
+    free up before the request's deadline. Nothing was sent; the same call may succeed after `retry_after`."""
+
+    def __init__(self, service: str, message: str, *, retry_after: float) -> None:
+        super().__init__(service, message, code=f"{service}_busy", retry_after=retry_after)
+
+
+class TooManyUploads(Unavailable):
+    """Shed: as many photo uploads are in flight as the gateway takes at once; nothing was read."""
+
+    code = "too_many_uploads"

@@ -22,8 +22,12 @@ class CachedQuery:
 
 def image_query_id(images: list[bytes]) -> str:
     """One id per set of images, whatever their order: the same photos are the same query."""
-    digests = sorted(hashlib.sha256(data).hexdigest() for data in images)
-    return "img-" + hashlib.sha256("".join(digests).encode()).hexdigest()[:32]
+    return image_query_id_of_digests([hashlib.sha256(data).hexdigest() for data in images])
+
+
+def image_query_id_of_digests(digests: list[str]) -> str:
+    """`image_query_id` from the images' SHA-256 hex digests (computed while the uploads streamed in)."""
+    return "img-" + hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:32]
 
 
 def text_query_id(text: str) -> str:

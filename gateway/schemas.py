@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from services.common import vocabulary
 from services.common.schemas.search import CollectionPin, QueryReport, StageTimings
@@ -58,6 +59,93 @@ def one_query_message(allowed: tuple[str, ...], given: list[str]) -> str:
     return f"give only one of {choices}; this request gives {' and '.join(given)}"
 
 
+class _LinkQuery(BaseModel):
+    """What a query string holds besides the search parameters (see `SearchLink`). A name it does not know
+    is refused (422 naming it), as in a form or a JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(None, min_length=4, max_length=80, description="A query id from an earlier result.")
+    text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
+    record: int | None = Field(None, ge=0, le=2**31 - 1, description="Search from this record.")
+    filter: list[str] = Field(
+        default_factory=list,
+        max_length=vocabulary.MAX_FILTERS,
+        description="A taxon filter as rank:value, e.g. order:Lepidoptera; repeat for several (AND).",
+    )
+    format: Literal["json", "csv"] | None = Field(
+        None,
+        description="json (the result, with its provenance) or csv (the hits). Default: by `Accept`, else json.",
+    )
+    download: bool = Field(False, description="Answer as a file to save.")
+    model: str | None = Field(None, description="The model that answered when the link was made (informative).")
+    index: str | None = Field(None, description="The index that answered when the link was made (informative).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blanks_are_absent(cls, data: Any) -> Any:
+        # A form submitted with an empty field sends `name=`: that means "not given", as in the multipart form.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+BLANK = {"type": "string", "maxLength": 0, "description": "Blank: the default."}
+"""A form field or query parameter sent empty (`top_n=`), which means "not given"."""
+
+
+def _as_text_field(schema: dict[str, Any]) -> None:
+    """A field's JSON schema as a form field or query parameter has it: text has no null (absent is the
+    default), and blank is allowed (also the default)."""
+    options = [option for option in schema.pop("anyOf", []) if option.get("type") != "null"]
+    typed = {**(options[0] if options else {}), **{k: v for k, v in schema.items() if k not in ("default", "title")}}
+    default = schema.get("default")
+    schema.clear()
+    schema["anyOf"] = [typed, BLANK]
+    if default is not None:
+        schema["default"] = default
+
+
+_LINK_FIELDS = {**_LinkQuery.model_fields, **SearchParameters.model_fields}
+SearchLink = create_model(  # type: ignore[call-overload]
+    "SearchLink",
+    __base__=_LinkQuery,
+    __doc__="GET /api/search's query string: a permalink's fields and the search parameters.",
+    **{
+        name: (field.annotation, FieldInfo.merge_field_infos(field, json_schema_extra=_as_text_field))
+        for name, field in _LINK_FIELDS.items()
+        if name not in ("filters", "filter")
+    },
+)
+"""The query string of GET /api/search: `SearchParameters` (filters as repeated `filter=rank:value`), the query
+(`q`, `text` or `record`) and the export's `format` and `download`."""
+
+
+def search_form_schema() -> dict[str, Any]:
+    """The multipart form of POST /api/search as JSON schema: the photos (`image`, repeatable), `filter` texts,
+    and each other search parameter typed as `SearchParameters` types it. A field left out (or blank) takes its
+    default, so the form has no nulls."""
+    parameters = SearchParameters.model_json_schema(ref_template="#/components/schemas/{model}")["properties"]
+    fields: dict[str, Any] = {
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more photos of one organism.",
+        },
+        "filter": {
+            "type": "array",
+            "items": {"type": "string"},
+            "maxItems": vocabulary.MAX_FILTERS,
+            "description": "Taxon filters as rank:value, e.g. order:Lepidoptera.",
+        },
+    }
+    for name, schema in parameters.items():
+        if name != "filters":
+            _as_text_field(schema)
+            fields[name] = schema
+    return {"type": "object", "required": ["image"], "properties": fields}
+
+
 class Taxonomy(vocabulary.Taxonomy):
     """A record's taxonomy, with the names people search by."""
 
@@ -103,6 +191,16 @@ class Prediction(BaseModel):
 class PredictionResult(BaseModel):
     rank: Rank
     predictions: list[Prediction] = Field(description="The most probable taxa at `rank`, most probable first.")
+    within: TaxonFilter | None = Field(
+        None,
+        description="The query's taxon filter the prediction was made within: the most specific of its filters at "
+        "or above `rank` (kingdom .. genus). Null when no filter restricts it: the prediction is over every label.",
+    )
+    filters_not_applied: list[TaxonFilter] = Field(
+        default_factory=list,
+        description="The query's filters that do not restrict the prediction: those below `rank`, on species or "
+        "on common_name (the labels are grouped by the ranks above species only).",
+    )
 
 
 class Consensus(BaseModel):
@@ -110,12 +208,15 @@ class Consensus(BaseModel):
     name: str
     share: float = Field(description="The taxon's part of the hits' total similarity, 0 to 1.")
     hits: int = Field(description="Hits of that taxon.")
+    unknown: int = Field(0, description="Hits that do not know this rank (they count in the share's total).")
 
 
 class TreeNode(BaseModel):
+    """One taxon of the hits' tree. Every hit passes through one node at each rank, kingdom to species."""
+
     rank: Rank
-    name: str
-    count: int
+    name: str | None = Field(description="The taxon's name; null for the hits that do not know this rank.")
+    count: int = Field(description="Hits under this node: the sum of its children's counts.")
     children: list[TreeNode]
 
 

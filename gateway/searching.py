@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import IO
 from urllib.parse import urlencode
 
 from gateway.clients import ServiceClients
@@ -13,29 +15,50 @@ from gateway.errors import QueryExpired
 from gateway.query_cache import (
     CachedQuery,
     QueryCache,
-    image_query_id,
+    image_query_id_of_digests,
     mean_direction,
     record_query_id,
     text_query_id,
 )
 from gateway.schemas import Identity, Prediction, PredictionResult, SearchParameters, SearchResult
+from gateway.served import ServedImages
 from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
 from services.common.errors import DomainError, InvalidInput
 from services.common.schemas.search import SearchRequest
-from services.common.vocabulary import clean
+from services.common.vocabulary import CLADE_RANKS, RANKS, TaxonFilter, clean
 
 logger = logging.getLogger(__name__)
 
-Upload = tuple[str, bytes, str]  # file name, bytes, content type
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded photo, held where the upload put it (a spooled temporary file: memory up to
+    1 MB, then disk), never copied whole into memory: `digest` (SHA-256, hex) and `size` (bytes)
+    were computed while it was read once, and `file` streams on to the embedder."""
+
+    name: str
+    file: IO[bytes]
+    size: int
+    digest: str
+    content_type: str
 
 
 class Searcher:
-    def __init__(self, clients: ServiceClients, cache: QueryCache, *, max_images: int, predictions: int) -> None:
+    def __init__(
+        self,
+        clients: ServiceClients,
+        cache: QueryCache,
+        *,
+        max_images: int,
+        predictions: int,
+        served: ServedImages | None = None,
+    ) -> None:
         self.clients = clients
         self.cache = cache
         self.max_images = max_images
         self.predictions = predictions
+        self.served = served if served is not None else ServedImages(0)
 
     async def image_query(self, uploads: list[Upload]) -> CachedQuery:
         if not uploads:
@@ -44,14 +67,14 @@ class Searcher:
             raise InvalidInput(
                 f"{len(uploads)} photos; one query takes at most {self.max_images}", code="too_many_images"
             )
-        for name, data, _ in uploads:
-            if not data:
-                raise InvalidInput(f"{name}: the uploaded file is empty", code="empty_file")
-        query_id = image_query_id([data for _, data, _ in uploads])
+        for upload in uploads:
+            if not upload.size:
+                raise InvalidInput(f"{upload.name}: the uploaded file is empty", code="empty_file")
+        query_id = image_query_id_of_digests([upload.digest for upload in uploads])
         if cached := self.cache.get(query_id):
             return cached
-        embedded = await self.clients.embed_images(uploads)
-        label = ", ".join(name for name, _, _ in uploads)
+        embedded = await self.clients.embed_images([(u.name, u.file, u.content_type) for u in uploads])
+        label = ", ".join(upload.name for upload in uploads)
         return self.cache.put(CachedQuery(query_id, "image", mean_direction(embedded.vectors), label))
 
     async def text_query(self, text: str) -> CachedQuery:
@@ -83,11 +106,14 @@ class Searcher:
     async def run(self, query: CachedQuery, params: SearchParameters) -> SearchResult:
         started = time.perf_counter()
         request = SearchRequest(**dict(params.search()), vectors=[query.vector.tolist()])
-        prediction_task = asyncio.ensure_future(self._predict(query, params.rank)) if params.predict else None
+        prediction_task = (
+            asyncio.ensure_future(self._predict(query, params.rank, params.filters)) if params.predict else None
+        )
         found, identity = await asyncio.gather(self.clients.search(request), self.clients.identity())
         prediction, prediction_error = await prediction_task if prediction_task else (None, None)
         result = found.results[0]
         hits = [hit_view(hit) for hit in result.hits]
+        self.served.remember(hits)
         agreed = consensus(hits, params.rank)
         top = prediction.predictions[0].name if prediction and prediction.predictions else None
         return SearchResult(
@@ -110,10 +136,15 @@ class Searcher:
             took_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def _predict(self, query: CachedQuery, rank: str) -> tuple[PredictionResult | None, str | None]:
-        """A prediction, or why there is none: a prediction never fails the search it rides with."""
+    async def _predict(
+        self, query: CachedQuery, rank: str, filters: list[TaxonFilter]
+    ) -> tuple[PredictionResult | None, str | None]:
+        """A prediction, or why there is none: a prediction never fails the search it rides with.
+
+        The query's filters restrict it as they restrict the hits, where the labels allow (`prediction_clade`)."""
+        within, not_applied = prediction_clade(filters, rank)
         try:
-            answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions)
+            answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions, within)
         except DomainError as exc:
             return None, exc.message
         predictions = [
@@ -126,7 +157,20 @@ class Searcher:
             )
             for p in (answer.results[0].predictions if answer.results else [])
         ]
-        return PredictionResult(rank=rank, predictions=predictions), None  # type: ignore[arg-type]
+        result = PredictionResult(rank=rank, predictions=predictions, within=within, filters_not_applied=not_applied)  # type: ignore[arg-type]
+        return result, None
+
+
+def prediction_clade(filters: list[TaxonFilter], rank: str) -> tuple[TaxonFilter | None, list[TaxonFilter]]:
+    """(the filter to predict within, the filters that cannot restrict a prediction at `rank`).
+
+    A filter at or above `rank` on a rank the labels group by (kingdom .. genus) restricts the prediction; of
+    several, the most specific (it lies within the broader ones, names shared across kingdoms aside). A filter
+    below `rank`, on species or on common_name names no group of labels to predict among, so it does not."""
+    depth = RANKS.index(rank)
+    usable = [f for f in filters if f.rank in CLADE_RANKS and RANKS.index(f.rank) <= depth]
+    within = max(usable, key=lambda f: RANKS.index(f.rank), default=None)
+    return within, [f for f in filters if f not in usable]
 
 
 def permalink(query: CachedQuery, params: SearchParameters, identity: dict[str, str | None]) -> str:

@@ -31,6 +31,21 @@ class GatewaySettings(ServiceSettings):
     max_concurrent_embeds: int = Field(8, ge=1, description="Embedder calls in flight at once.")
     max_concurrent_searches: int = Field(16, ge=1, description="Search service calls in flight at once.")
     max_concurrent_images: int = Field(32, ge=1, description="Fetcher calls in flight at once.")
+    max_waiting_calls: int = Field(
+        32, ge=0, description="Calls that may wait for a free slot to one service; beyond, 503 + Retry-After at once."
+    )
+    queue_wait: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a call may wait for a free slot to a service (never past its timeout) before 503.",
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Photo searches whose uploads are in flight at once; beyond, 503 + Retry-After at once."
+    )
+    shed_retry_after: float = Field(2.0, gt=0, description="Retry-After, in seconds, on a 503 that sheds load.")
+    served_images: int = Field(
+        20_000, ge=0, description="Image URLs of recently served hits kept, so their images are served without search."
+    )
     searches_per_minute: int = Field(60, ge=1, description="Searches and exports one client may make per minute.")
     images_per_minute: int = Field(1200, ge=1, description="Image requests one client may make per minute.")
     trusted_proxies: str = Field(

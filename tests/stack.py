@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ class Stack:
     rows: list[dict[str, Any]]
     images: Path
     logs: Path
+    source: ThreadingHTTPServer  # the image source the collection's URLs point at
 
 
 @contextmanager
 def running_stack(work: Path, tiny_model: TinyModel, gateway_env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Generate a collection, serve its images, build it through the embedder, start the rest.
 
-    `gateway_env` adds to (or replaces) the gateway's settings."""
+    `gateway_env`: GATEWAY_* settings on top of the services' URLs (fault tests tighten the bounds)."""
     images, logs = work / "images", work / "logs"
     logs.mkdir()
     source, source_url = serve_in_thread(images)
@@ -80,7 +82,7 @@ def running_stack(work: Path, tiny_model: TinyModel, gateway_env: dict[str, str]
         gateway.start()
         for process in (search, fetcher, gateway):
             process.wait_ready()
-        yield Stack(gateway, embedder, search, fetcher, rows, images, logs)
+        yield Stack(gateway, embedder, search, fetcher, rows, images, logs, source)
     finally:
         stop_all(processes)
         source.shutdown()

@@ -3,8 +3,9 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,56 +14,55 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from gateway.clients import ServiceClients
-from gateway.dependencies import ClientsDep, SearcherDep, limit_searches
+from gateway.dependencies import ClientsDep, SearcherDep, UploadsDep, limit_searches
 from gateway.export import Format, hits_csv, hits_json, negotiated, provenance
 from gateway.query_cache import CachedQuery
-from gateway.schemas import Export, QueryRequest, SearchParameters, SearchResult, TaxonFilter, one_query_message
+from gateway.schemas import (
+    Export,
+    QueryRequest,
+    SearchLink,
+    SearchParameters,
+    SearchResult,
+    TaxonFilter,
+    one_query_message,
+    search_form_schema,
+)
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
 from services.common.http_errors import ErrorResponse
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
-_FORM_FIELDS = {
-    "image": {
-        "type": "array",
-        "items": {"type": "string", "format": "binary"},
-        "description": "One or more photos of one organism.",
-    },
-    "filter": {
-        "type": "array",
-        "items": {"type": "string"},
-        "description": "Taxon filters as rank:value, e.g. order:Lepidoptera.",
-    },
-    **{
-        name: {"type": "string", "description": field.description}
-        for name, field in SearchParameters.model_fields.items()
-        if name != "filters"
-    },
-}
 _BODIES = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": _FORM_FIELDS}},
-            "application/json": {"schema": QueryRequest.model_json_schema(ref_template="#/$defs/{model}")},
+            "multipart/form-data": {"schema": search_form_schema()},
+            "application/json": {"schema": {"$ref": "#/components/schemas/QueryRequest"}},
         },
     }
 }
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 410, 413, 415, 422, 429, 502, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 410, 413, 415, 422, 429, 502, 503, 504)}
 # A search answers JSON, or its hits as CSV when asked (`format=csv`, or `Accept: text/csv`).
-RESPONSES = {**ERRORS, 200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}}
+RESPONSES = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The result, or its hits as CSV."},
+    **ERRORS,
+}
+# The gateway's own JSON body, named in _BODIES (the route reads the body itself: two content types).
+SCHEMA_MODELS = (QueryRequest,)
+# What a 422 says of a name no search takes (the app hands it to the shared error handler).
 UNKNOWN = "not a parameter of this endpoint (GET /api/vocabulary lists the search parameters)"
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], where: tuple[str, ...] = ()) -> Any:
+def _validated(
+    model: type[BaseModel], data: dict[str, Any], where: tuple[str, ...] = (), *, strict: bool = False
+) -> Any:
+    """`data` as `model`; strict for a JSON body (typed values), lax for form fields and query strings (text).
+    `where` prefixes each error's location (`query` for a query string)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        errors = [
-            {**error, "loc": (*where, *error["loc"])} | ({"msg": UNKNOWN} if error["type"] == "extra_forbidden" else {})
-            for error in exc.errors(include_url=False)
-        ]
+        errors = [{**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from exc
 
 
@@ -81,17 +81,30 @@ def _fields(pairs: FormData | Any, skip: set[str]) -> dict[str, Any]:
     return data
 
 
+_CHUNK = 1 << 20
+
+
+async def _upload(item: UploadFile, n: int) -> Upload:
+    """An uploaded file as it lies (Starlette spools it: memory up to 1 MB, then disk), read once
+    in chunks for its digest and left rewound for the embedder."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := await item.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    await item.seek(0)
+    name = item.filename or f"photo {n + 1}"
+    return Upload(name, item.file, size, digest.hexdigest(), item.content_type or "application/octet-stream")
+
+
 async def _from_form(request: Request, searcher: Searcher) -> tuple[CachedQuery, SearchParameters]:
+    # The files live as long as the form: the embedder reads them before it closes.
     async with request.form() as form:
-        uploads: list[Upload] = [
-            (item.filename or f"photo {n + 1}", await item.read(), item.content_type or "application/octet-stream")
-            for n, item in enumerate(form.getlist("image"))
-            if isinstance(item, UploadFile)
-        ]
-        if not uploads:  # before the fields: a photo sent under another name is this mistake, not an unknown field
+        items = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        if not items:  # before the fields: a photo sent under another name is this mistake, not an unknown field
             raise InvalidInput("attach the photo as the multipart field `image`", code="missing_image")
         params = _validated(SearchParameters, _fields(form, {"image"}))
-    return await searcher.image_query(uploads), params
+        uploads = [await _upload(item, n) for n, item in enumerate(items)]
+        return await searcher.image_query(uploads), params
 
 
 async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
@@ -122,15 +135,19 @@ async def _answer(
 @router.post(
     "/search", response_model=SearchResult, responses=RESPONSES, openapi_extra=_BODIES, summary="Search the collection"
 )
-async def search(request: Request, searcher: SearcherDep, clients: ClientsDep) -> Response:
+async def search(request: Request, searcher: SearcherDep, clients: ClientsDep, uploads: UploadsDep) -> Response:
     """Nearest records to one or more uploaded photos (multipart field `image`, repeatable: several
     photos of one organism are averaged), or, as JSON, to a text, a record, or a query id from an
     earlier result (which is not embedded again). With `Accept: text/csv`, the hits as CSV.
+
+    Uploads in flight are bounded (`GATEWAY_MAX_CONCURRENT_UPLOADS`): one more is refused with
+    503 `too_many_uploads` and `Retry-After` before its body is read.
     """
     format = negotiated(request.headers.get("accept"))
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        query, params = await _from_form(request, searcher)
+        with uploads.hold():
+            query, params = await _from_form(request, searcher)
         return await _answer(await searcher.run(query, params), format, clients)
     if content_type.startswith("application/json"):
         try:
@@ -139,7 +156,7 @@ async def search(request: Request, searcher: SearcherDep, clients: ClientsDep) -
             raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
-        body = _validated(QueryRequest, raw)
+        body = _validated(QueryRequest, raw, strict=True)
         return await _answer(await searcher.run(await _from_request(searcher, body), body), format, clients)
     raise UnsupportedMediaType(
         "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json"
@@ -148,28 +165,19 @@ async def search(request: Request, searcher: SearcherDep, clients: ClientsDep) -
 
 @router.get("/search", response_model=Export, responses=RESPONSES, summary="Search from a query string")
 async def search_by_link(
-    request: Request,
-    searcher: SearcherDep,
-    clients: ClientsDep,
-    q: Annotated[str | None, Query(description="A query id from an earlier result.")] = None,
-    text: Annotated[str | None, Query(description="A taxon or common name.")] = None,
-    record: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Search from this record.")] = None,
-    format: Annotated[
-        Literal["json", "csv"] | None,
-        Query(description="json (the result, with its provenance) or csv (the hits). Default: by `Accept`, else json."),
-    ] = None,
-    download: Annotated[bool, Query(description="Answer as a file to save.")] = False,
+    request: Request, searcher: SearcherDep, clients: ClientsDep, link: Annotated[SearchLink, Query()]
 ) -> Response:
     """The same search from a query string (what a permalink holds): `q`, `text` or `record`, the
     parameters of POST /api/search, and repeatable `filter=rank:value`. `format=csv` (or `Accept: text/csv`)
     exports the hits; both formats carry the export's provenance.
     """
-    given = [name for name, value in (("q", q), ("text", text), ("record", record)) if value is not None]
+    given = [name for name in ("q", "text", "record") if getattr(link, name) is not None]
     if len(given) > 1:
         problem = one_query_message(("q", "text", "record"), given)
         raise RequestValidationError([{"type": "value_error", "loc": ("query", given[1]), "msg": problem}])
-    fields = _fields(request.query_params, {"q", "text", "record", "format", "download", "model", "index"})
-    body = _validated(QueryRequest, {**fields, "query_id": q, "text": text, "record_id": record}, ("query",))
+    parameters = link.model_dump(include=set(SearchParameters.model_fields) - {"filters"}, exclude_none=True)
+    query = {"query_id": link.q, "text": link.text, "record_id": link.record}
+    body = _validated(QueryRequest, {**parameters, "filters": _filters(link.filter), **query}, ("query",))
     result = await searcher.run(await _from_request(searcher, body), body)
-    chosen = format or negotiated(request.headers.get("accept"))
-    return await _answer(result, chosen, clients, download=download, always_cite=True)
+    chosen = link.format or negotiated(request.headers.get("accept"))
+    return await _answer(result, chosen, clients, download=link.download, always_cite=True)

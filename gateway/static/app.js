@@ -509,7 +509,9 @@
     const body = [];
     const prediction = result.prediction;
     if (prediction && Array.isArray(prediction.predictions) && prediction.predictions.length) {
-      body.push(el("p", "panel-note", `Zero-shot, at ${prediction.rank} rank:`));
+      // Made within the user's filter (prediction.within) when one restricts it: say so.
+      const within = prediction.within && prediction.within.rank ? ` within ${prediction.within.rank} ${prediction.within.value}` : "";
+      body.push(el("p", "panel-note", `Zero-shot, at ${prediction.rank} rank${within}:`));
       const list = el("ol", "predictions");
       for (const item of prediction.predictions) {
         const li = el("li", "prediction");
@@ -544,7 +546,8 @@
       const p = el("p", "consensus-name");
       p.append(taxonNode(c.name, c.rank), el("span", "muted", ` (${c.rank})`));
       const hits = Array.isArray(result.hits) ? result.hits.length : 0;
-      body.push(p, el("p", "panel-note", `${percent(c.share)} of the hits' similarity; ${c.hits} of ${plural(hits, "hit")}.`));
+      const unknown = c.unknown ? ` ${c.unknown} do not name a ${c.rank}.` : "";
+      body.push(p, el("p", "panel-note", `${percent(c.share)} of the hits' similarity; ${c.hits} of ${plural(hits, "hit")}.${unknown}`));
     } else {
       body.push(el("p", "soft", "The hits name no taxon at this rank."));
     }
@@ -580,7 +583,9 @@
     for (const node of nodes) {
       const li = el("li");
       const label = el("span", "tree-label");
-      label.append(el("span", "rank-label", `${node.rank} `), taxonNode(node.name, node.rank));
+      // A rank the hits do not know is a node of its own (name null): the ranks below it stay in the tree.
+      const name = typeof node.name === "string" ? taxonNode(node.name, node.rank) : el("span", "taxon-unknown soft", "unknown");
+      label.append(el("span", "rank-label", `${node.rank} `), name);
       const count = el("span", "count", String(node.count));
       count.setAttribute("aria-label", plural(node.count, "hit"));
       count.title = plural(node.count, "hit");

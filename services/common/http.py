@@ -1,8 +1,16 @@
-"""The httpx client every service makes once, and the one reading of its failures as domain errors."""
+"""The httpx client every service makes once, and the one reading of its failures as domain errors.
+
+Keep-alive: a server closes an idle connection after `SERVER_KEEP_ALIVE_SECONDS` (uvicorn's
+`timeout_keep_alive`, set in services/common/serve.py); our clients drop an idle connection after
+`CLIENT_KEEP_ALIVE_SECONDS`, which is lower, so a client does not pick a connection the server is
+closing. A server that was stalled (SIGSTOP, a long GC pause) can still close connections that
+had requests waiting on them; `send_idempotent` retries such a call once on a fresh connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -22,6 +30,16 @@ from services.common.errors import (
     UnsupportedMediaType,
 )
 from services.common.logging import REQUEST_ID_HEADER, current_request_id
+
+logger = logging.getLogger(__name__)
+
+# uvicorn's default keep-alive timeout is 5 s; it is set explicitly so the client's can stay below it.
+SERVER_KEEP_ALIVE_SECONDS = 5.0
+CLIENT_KEEP_ALIVE_SECONDS = 2.0
+
+# A connection the server closed or reset before answering: nothing was processed, or the call is
+# idempotent, so it can go again once. Timeouts are not here: the server may still be working.
+CLOSED_CONNECTION: tuple[type[Exception], ...] = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 async def _forward_request_id(request: httpx.Request) -> None:
@@ -44,7 +62,11 @@ def make_async_client(
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(connect=connect, read=read, write=read, pool=connect),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS,
+        ),
         headers={"User-Agent": user_agent},
         follow_redirects=follow_redirects,
         # Request ids go to our own services, never to the outside world.
@@ -65,21 +87,55 @@ _CALLER_ERRORS: dict[int, type[DomainError]] = {
 }
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as words for a message: its class, and its text when it has one (httpx's is often empty)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_WHAT_HAPPENED: list[tuple[type[Exception], str]] = [
+    (httpx.ConnectTimeout, "could not be connected to in time"),
+    (httpx.PoolTimeout, "had no free connection in time"),
+    (httpx.TimeoutException, "did not answer in time"),
+    (httpx.ConnectError, "refused the connection"),
+    (httpx.RemoteProtocolError, "closed the connection without answering"),
+    (httpx.ReadError, "dropped the connection"),
+    (httpx.WriteError, "dropped the connection"),
+]
+
+
 @contextmanager
 def upstream(service: str) -> Iterator[None]:
-    """Transport failures talking to `service` as domain errors: timeout, refused, other."""
+    """Transport failures talking to `service` as domain errors, naming it and what happened:
+    a timeout is `DependencyTimeout` (504 `<service>_timeout`); a refused, closed or dropped
+    connection is `DependencyUnavailable` (503 `<service>_unavailable`: the service is down or was
+    killed mid-call); anything else is `DependencyFailed` (502 `<service>_error`)."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise DependencyTimeout(
-            service, f"the {service} service did not answer in time", code=f"{service}_timeout"
-        ) from exc
-    except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-        raise DependencyUnavailable(
-            service, f"the {service} service is unavailable ({exc})", code=f"{service}_unavailable"
-        ) from exc
     except httpx.HTTPError as exc:
-        raise DependencyFailed(service, f"the {service} service failed: {exc}", code=f"{service}_error") from exc
+        what = next((words for kind, words in _WHAT_HAPPENED if isinstance(exc, kind)), "failed")
+        message = f"the {service} service {what} ({describe(exc)})"
+        if isinstance(exc, httpx.TimeoutException):
+            raise DependencyTimeout(service, message, code=f"{service}_timeout") from exc
+        if isinstance(exc, (httpx.ConnectError, *CLOSED_CONNECTION)):
+            raise DependencyUnavailable(service, message, code=f"{service}_unavailable") from exc
+        raise DependencyFailed(service, message, code=f"{service}_error") from exc
+
+
+async def send_idempotent(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """`send()`, and once more when the server closed or reset the connection before answering
+    (`CLOSED_CONNECTION`): the pool then drops that connection, so the second try takes a fresh one,
+    and a service that is really gone fails it with a connect error.
+
+    Only for idempotent calls: GETs, and POSTs that compute without changing anything (the
+    embedder's embed and classify, search's search). httpx's own transport retries cover connect
+    errors only. A file in `files` is rewound by httpx when the body is sent again.
+    """
+    try:
+        return await send()
+    except CLOSED_CONNECTION as exc:
+        logger.info("connection closed under a call (%s); sending it once more", describe(exc))
+    return await send()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -102,5 +158,13 @@ def raise_for_upstream(service: str, response: httpx.Response) -> None:
     if response.status_code < 500:
         kind = _CALLER_ERRORS.get(response.status_code, InvalidInput)
         raise kind(message, code=code, retry_after=_retry_after(response))
-    failure = {503: DependencyUnavailable, 504: DependencyTimeout}.get(response.status_code, DependencyFailed)
-    raise failure(service, f"the {service} service failed: {message}", code=f"{service}_{code}")
+    failure, what = {
+        503: (DependencyUnavailable, "is unavailable"),
+        504: (DependencyTimeout, "timed out"),
+    }.get(response.status_code, (DependencyFailed, "failed"))
+    raise failure(
+        service,
+        f"the {service} service {what}: {message}",
+        code=f"{service}_{code}",
+        retry_after=_retry_after(response),
+    )

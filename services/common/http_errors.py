@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import compile_path
 
 from services.common.errors import (
     DependencyFailed,
@@ -121,19 +123,42 @@ def status_of(exc: DomainError, mapping: StatusTable) -> tuple[int, str | None]:
     return 500, None
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+UNKNOWN_PARAMETER = "not a parameter of this endpoint"
+"""What a 422 says of a name a model refuses (`extra="forbid"`): pydantic's own words name no endpoint."""
+
+
+def _describe_validation(
+    exc: RequestValidationError, unknown: str = UNKNOWN_PARAMETER
+) -> tuple[str, list[dict[str, Any]]]:
     problems = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
-        problems.append({"field": where, "problem": err.get("msg", "invalid")})
+        problem = unknown if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        problems.append({"field": where, "problem": problem})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return summary or "invalid request", problems
 
 
-def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> None:
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app's published schema serves at the request's path, sorted (empty: a path outside it)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        if regex.match(request.url.path):
+            methods |= {method.upper() for method in operations if method in _METHODS}
+    return sorted(methods)
+
+
+def install_error_handlers(
+    app: FastAPI, mapping: StatusTable | None = None, unknown_parameter: str = UNKNOWN_PARAMETER
+) -> None:
     """Every exception leaves as the JSON error shape; a bug is a 500 without a traceback.
 
-    `mapping`: the service's own error classes -> status, on top of `DEFAULT_STATUS`.
+    `mapping`: the service's own error classes -> status, on top of `DEFAULT_STATUS`. `unknown_parameter`:
+    the problem a 422 gives for a name the endpoint does not take (a service may say where its names are listed).
     """
     table: dict[type[DomainError], int | Status] = {**DEFAULT_STATUS, **(mapping or {})}
 
@@ -148,13 +173,26 @@ def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, problems = _describe_validation(exc)
+        message, problems = _describe_validation(exc, unknown_parameter)
         return error_response(422, "invalid_request", message, problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette answers from the first route whose path matched; a path served by several routes
+            # (GET and POST /api/search) allows the methods of all of them (RFC 9110, 15.5.6).
+            headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+            headers = {key: value for key, value in headers.items() if value}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away while sending its body (a slow upload given up): nobody reads this
+        # answer, and it is no fault of ours, so no traceback.
+        logger.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client disconnected before the request was read")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.http_errors import error_response
 
 
-class BodySizeLimitMiddleware:
-    """Answers 413 as soon as a body passes `max_bytes`; the app never sees an oversized upload.
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when the body passes the limit: an HTTPException, so body parsing
+    (FastAPI's, Starlette's multipart parser) lets it through to the error handlers as 413."""
 
-    A body within the limit is held (so at most `max_bytes` per request) and replayed to the
-    app, which lets the 413 go out before the app has started a response of its own.
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _message(max_bytes), headers={"Connection": "close"})
+
+
+def _message(max_bytes: int) -> str:
+    return f"request body is larger than the limit of {max_bytes / 1_000_000:g} MB"
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 as soon as a body passes `max_bytes`; the app never sees more than that.
+
+    A declared `Content-Length` over the limit is refused before any of the body is read. Otherwise
+    the body streams through to the app unbuffered (multipart parsing spools files to disk), and the
+    chunk that crosses the line raises `BodyTooLarge` where the app reads it.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -24,39 +38,18 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+            response = error_response(413, "too_large", _message(self.max_bytes), headers={"Connection": "close"})
+            await response(scope, receive, send)
             return
-        chunks: list[bytes] = []
         received = 0
-        while True:
+
+        async def limited() -> Message:
+            nonlocal received
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            received += len(body)
-            if received > self.max_bytes:
-                await self._reject(scope, receive, send)
-                return
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit_mb = self.max_bytes / 1_000_000
-        response = error_response(
-            413,
-            "too_large",
-            f"request body is larger than the limit of {limit_mb:g} MB",
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
+        await self.app(scope, limited, send)

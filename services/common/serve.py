@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from services.common.http import SERVER_KEEP_ALIVE_SECONDS
 from services.common.logging import configure_logging
 from services.common.settings import ServiceSettings
 
@@ -24,7 +25,14 @@ def serve(service: str, create_app: Callable[[Any], FastAPI], settings: ServiceS
         # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1, i.e. from any
         # local client; the gateway applies it itself, from GATEWAY_TRUSTED_PROXIES only.
         uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False, proxy_headers=False
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            # Above our clients' keep-alive expiry (services/common/http.py), so they close idle connections first.
+            timeout_keep_alive=int(SERVER_KEEP_ALIVE_SECONDS),
         )
     )
     app.state.stop_server = lambda: setattr(server, "should_exit", True)

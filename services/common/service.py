@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -12,9 +12,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.http_errors import StatusTable, install_error_handlers
+from services.common.http_errors import UNKNOWN_PARAMETER, ErrorResponse, StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
 
@@ -120,11 +121,16 @@ def create_service_app(
     description: str = "",
     max_body_bytes: int | None = None,
     errors: StatusTable | None = None,
+    schema_models: Sequence[type[BaseModel]] = (),
+    unknown_parameter: str = UNKNOWN_PARAMETER,
 ) -> FastAPI:
     """A FastAPI app with the parts every service shares. Readiness reads `app.state.ready`.
 
     `max_body_bytes` refuses larger request bodies with 413 while they stream in. `errors` maps the
     service's own domain errors to HTTP statuses, on top of the shared kinds (services/common/http_errors.py).
+    `schema_models`: models a route's `openapi_extra` refers to (`#/components/schemas/Name`) that no
+    route declares, added to the published schema. `unknown_parameter`: what a 422 says of a name the
+    endpoint does not take.
     """
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     app.state.ready = False
@@ -132,7 +138,7 @@ def create_service_app(
     # Set by an app that cannot go on after start-up; `serve` then stops it and exits with 1.
     app.state.fatal_error = None
     app.state.stop_server = None
-    install_error_handlers(app, errors)
+    install_error_handlers(app, errors, unknown_parameter)
     metrics = _Metrics(service)
     # Added innermost first: request ids and metrics also cover the 413s of the size limit.
     if max_body_bytes is not None:
@@ -141,4 +147,35 @@ def create_service_app(
     app.add_middleware(RequestIdMiddleware)
 
     app.include_router(operations_router(service, metrics))
+    _complete_openapi(app, schema_models, body_limit=max_body_bytes is not None)
     return app
+
+
+def _complete_openapi(app: FastAPI, models: Sequence[type[BaseModel]], *, body_limit: bool) -> None:
+    """Publish what every service answers besides its routes' own declarations: a body that cannot be read
+    is 400 (not JSON, not UTF-8, a broken multipart), a body over the limit 413, both in the error shape."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, defs = models_json_schema(
+            [(model, "validation") for model in (ErrorResponse, *models)], ref_template="#/components/schemas/{model}"
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in defs.get("$defs", {}).items():
+            components.setdefault(name, definition)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "requestBody" not in operation:
+                    continue
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", {"description": "The body cannot be read.", **error})
+                if body_limit:
+                    responses.setdefault("413", {"description": "The body is larger than this service takes.", **error})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -39,7 +39,8 @@ async def _load(app: FastAPI, settings: EmbedderSettings, pool: BlockingPool, lo
     try:
         model, tree = await pool.run(loader, settings)
     except ModelLoadError as exc:
-        _failed(app, str(exc))
+        # The edge names each setting as operators set it: EMBEDDER_DEVICE, not `device`.
+        _failed(app, exc.render(EmbedderSettings.env_name))
         return
     except Exception as exc:  # a bug or an unforeseen failure: still one line, the traceback at debug level
         logger.debug("model load failed", exc_info=True)

@@ -35,11 +35,14 @@ def check_vectors(vectors: Sequence[Sequence[float]], dim: int) -> np.ndarray:
     for index, vector in enumerate(vectors):
         if len(vector) != dim:
             raise DimensionMismatch(f"vector {index} has {len(vector)} values; this model's vectors have {dim}")
-    array = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(array, axis=1)
-    if not np.all(np.isfinite(array)) or not np.all(norms > 0):
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity, refused below
+        array = np.asarray(vectors, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
         raise InvalidVector("vectors must be finite and not all zeros")
-    return array / norms[:, None]
+    norms = np.linalg.norm(array.astype(np.float64), axis=1)  # float64: float32 values near their limit overflow
+    if not np.all(norms > 0):
+        raise InvalidVector("vectors must be finite and not all zeros")
+    return (array / norms[:, None]).astype(np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -94,8 +97,8 @@ def predict_tree_of_life(
     depth = RANKS.index(rank)
     allowed = None
     if clade is not None:
-        if RANKS.index(clade[0]) >= depth:
-            raise InvalidClade(f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})")
+        if RANKS.index(clade[0]) > depth:
+            raise InvalidClade(f"the clade's rank ({clade[0]}) must be at or above the rank predicted ({rank})")
         allowed = clade_mask(tree, *clade)
     probs = probabilities(vectors, tree.matrix, scale, allowed)
     groups = tree.ranks[depth]

@@ -4,6 +4,12 @@ A filtered search asks the index for more neighbours than it needs (over-fetch),
 when too few pass it widens, several queries at once: more candidates (by the pass rate seen so
 far) and, once the visited IVF lists run dry, more lists (nprobe x4). It stops when every query
 has top_n hits or a stated bound is hit (`Limits`), and says which (`stopped`).
+
+Two edges of real indexes: an id the index holds more than once is one hit (its best similarity; the
+others do not count toward top_n), and a stored vector that is NaN or zero has no similarity: it is never
+a hit, and reading it back (`vector`) is `UnusableVector`. A `min_similarity` stop on an IVF index is
+taken only once visiting more lists no longer brings more neighbours above the threshold: the lists a
+query did not visit can hold records more similar than the least similar of the lists it did.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from services.common.errors import DimensionMismatch, InvalidVector
 from services.common.vocabulary import SearchParameters, Stopped, TaxonFilter
-from services.search.errors import UnknownRecord
+from services.search.errors import UnknownRecord, UnusableVector
 from services.search.filters import Criteria
 from services.search.index import StoredVector, VectorIndex
 from services.search.lookup import RecordLookup
@@ -105,6 +111,9 @@ class _State:
     examined: int = 0
     passed: int = 0
     outcome: QueryOutcome | None = None
+    # The lists visited and the neighbours at or above min_similarity found in them, last round.
+    last_nprobe: int | None = None
+    last_above: int = -1
 
 
 class SearchEngine:
@@ -120,10 +129,11 @@ class SearchEngine:
             raise DimensionMismatch(f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors")
         if not np.all(np.isfinite(vectors)):
             raise InvalidVector("query vectors contain NaN or infinity")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # The norm in float64: float32 values near their limit would overflow it.
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
         if np.any(norms == 0):
             raise InvalidVector("a query vector is all zeros")
-        return vectors / norms
+        return (vectors / norms).astype(np.float32)
 
     def search(self, query: Query) -> SearchOutcome:
         started = time.perf_counter()
@@ -145,6 +155,7 @@ class SearchEngine:
         while pending:
             rounds += 1
             k = max(min(k, reach), 1)
+            widen = False
             tick = time.perf_counter()
             found = self.index.search(vectors[pending], k, nprobe or 1, ef)
             timings.index_ms += (time.perf_counter() - tick) * 1000
@@ -160,30 +171,39 @@ class SearchEngine:
                 rows.update(verdict.rows)
             timings.screen_ms += (time.perf_counter() - tick) * 1000
             still: list[int] = []
-            next_k, widen = k, False
+            next_k = k
             for position, q in enumerate(pending):
                 ids = found.ids[position]
                 sims = found.similarities[position]
                 valid = ids >= 0
+                returned = int(valid.sum())
                 ids, sims = ids[valid], sims[valid]
+                # A stored NaN vector has no similarity (FAISS gives NaN): it can never be a hit.
+                finite = np.isfinite(sims)
+                ids, sims = ids[finite], sims[finite]
                 state = states[q]
-                below = query.min_similarity is not None and len(sims) and sims[-1] < query.min_similarity
+                below = False
                 if query.min_similarity is not None:
+                    reached = bool(len(sims)) and bool(sims[-1] < query.min_similarity)
                     above = sims >= query.min_similarity
                     ids, sims = ids[above], sims[above]
+                    below = reached and not self._more_lists_may_qualify(state, nprobe, max_nprobe, len(sims))
+                    if reached and not below:
+                        widen = True  # the threshold was reached only within the lists visited
+                    state.last_nprobe, state.last_above = nprobe, len(sims)
                 tick = time.perf_counter()
                 self._accept(state, ids, sims, query, screened, rows)
                 timings.fetch_ms += (time.perf_counter() - tick) * 1000
-                state.examined = int(valid.sum())
+                state.examined = returned
                 stop = self._stop_reason(
-                    state, query, k=k, returned=int(valid.sum()), below=bool(below), reach=reach,
+                    state, query, k=k, returned=returned, below=below, reach=reach,
                     nprobe=nprobe, max_nprobe=max_nprobe, rounds=rounds,
                 )  # fmt: skip
                 if stop is not None:
                     state.outcome = QueryOutcome([], state.examined, rounds, nprobe, found.ef_search, stop)
                     continue
                 still.append(q)
-                if int(valid.sum()) < k:
+                if returned < k:
                     widen = True  # the lists visited hold fewer than k vectors: visit more lists
                 need = query.top_n - len(state.hits)
                 rate = max(state.passed, 1) / max(state.examined, 1)
@@ -203,6 +223,15 @@ class SearchEngine:
             took_ms=(time.perf_counter() - started) * 1000,
         )
 
+    @staticmethod
+    def _more_lists_may_qualify(state: _State, nprobe: int | None, max_nprobe: int | None, above: int) -> bool:
+        """Whether an IVF query that met min_similarity in the lists it visited should visit more lists: yes
+        until it may visit no more, or visiting more (last round) brought no new neighbour above it."""
+        if nprobe is None or max_nprobe is None or nprobe >= max_nprobe:
+            return False
+        widened_last_round = state.last_nprobe is not None and state.last_nprobe < nprobe
+        return not (widened_last_round and above <= state.last_above)
+
     def _accept(
         self,
         state: _State,
@@ -212,12 +241,20 @@ class SearchEngine:
         screened: dict[int, tuple[bool, Any]],
         rows: dict[int, Row],
     ) -> None:
-        """Walk this round's candidates in order and keep the first top_n that pass and fit the caps."""
+        """Walk this round's candidates in order and keep the first top_n that pass and fit the caps.
+
+        Candidates come most similar first, so an id the index holds more than once counts once, at its best
+        similarity."""
         state.hits = []
         state.passed = 0
         per_species: dict[Any, int] = {}
         per_source: dict[str, int] = {}
-        candidates = [(int(i), float(s)) for i, s in zip(ids.tolist(), sims.tolist(), strict=True)]
+        candidates: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for record_id, similarity in zip(ids.tolist(), sims.tolist(), strict=True):
+            if record_id not in seen:
+                seen.add(record_id)
+                candidates.append((int(record_id), float(similarity)))
         passing = [(i, s) for i, s in candidates if screened.get(i, (False, None))[0]]
         state.passed = len(passing)
         position = 0
@@ -300,4 +337,11 @@ class SearchEngine:
         return row
 
     def vector(self, record_id: int) -> StoredVector:
-        return self.index.reconstruct(record_id)
+        """The record's stored vector; `UnusableVector` when it has no direction (NaN, infinity, all zeros):
+        nothing could be searched from it, and it is the collection's fault, not the caller's query."""
+        stored = self.index.reconstruct(record_id)
+        if not np.all(np.isfinite(stored.vector)):
+            raise UnusableVector(record_id, "holds NaN or infinity")
+        if not np.any(stored.vector):
+            raise UnusableVector(record_id, "is all zeros")
+        return stored

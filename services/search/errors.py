@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from services.common.errors import NotFound, NotSupported
+from services.common.errors import InvalidValue, NotFound, NotSupported
 
 logger = logging.getLogger(__name__)
 
@@ -27,3 +27,14 @@ class NotReconstructable(NotSupported):
 
 class NoDirectMap(NotReconstructable):
     """An IVF index whose id -> list map is turned off, so no vector can be read back."""
+
+
+class UnusableVector(InvalidValue):
+    """The record's stored vector has no direction (NaN, infinity or all zeros): nothing can be searched from it."""
+
+    code = "unusable_vector"
+
+    def __init__(self, record_id: int, why: str) -> None:
+        super().__init__(
+            f"record {record_id}'s stored vector {why}: it cannot be searched from", details={"record_id": record_id}
+        )

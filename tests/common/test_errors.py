@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,23 @@ def test_no_raised_error_carries_an_http_status() -> None:
                     if any(isinstance(t, ast.Name) and t.id == "status_code" for t in targets):
                         offenders.append(f"{path.relative_to(ROOT)}:{item.lineno} {node.name} has a status_code")
     assert not offenders, "\n".join(offenders)
+
+
+def test_no_core_error_names_an_environment_variable() -> None:
+    # A core names a setting in an error as `setting("field")`; the edge renders it as the operator's variable.
+    env_name = re.compile(r"\b(EMBEDDER|SEARCH|FETCHER|GATEWAY)_[A-Z_]+\b")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _modules()
+        if not _is_edge(path)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Raise)
+        and any(
+            isinstance(part, ast.Constant) and isinstance(part.value, str) and env_name.search(part.value)
+            for part in ast.walk(node)
+        )
+    ]
+    assert not offenders, "core errors name settings as setting(field), not by variable:\n" + "\n".join(offenders)
 
 
 def _all_domain_errors() -> set[type[DomainError]]:

@@ -181,7 +181,7 @@ def test_operations_endpoints_answer(client: TestClient) -> None:
 
 def test_architecture_without_weights_fails_naming_the_setting(tiny_model: TinyModel) -> None:
     settings = EmbedderSettings(model=tiny_model.name, architecture_config=tiny_model.config)
-    with pytest.raises(ModelLoadError, match="EMBEDDER_CHECKPOINT"):
+    with pytest.raises(ModelLoadError, match="checkpoint"):
         load_model(settings)
 
 

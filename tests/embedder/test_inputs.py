@@ -174,13 +174,17 @@ def test_oversized_body_is_refused_while_it_streams_in(embedder_settings: Embedd
     """The 413 goes out once the limit is passed: the rest of the upload is never read, nor buffered."""
     app = create_app(embedder_settings.model_copy(update={"max_request_bytes": 100_000}))
     chunk, chunks = b"x" * 10_000, 1_000  # 10 MB offered, no Content-Length (chunked)
+    # A well-formed start, so the body streams into the multipart parser until the limit stops it.
+    head = (
+        b'--x\r\nContent-Disposition: form-data; name="images"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+    )
     pulled = 0
     sent: list[dict[str, object]] = []
 
     async def receive() -> dict[str, object]:
         nonlocal pulled
         pulled += 1
-        return {"type": "http.request", "body": chunk, "more_body": pulled < chunks}
+        return {"type": "http.request", "body": head if pulled == 1 else chunk, "more_body": pulled < chunks}
 
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
@@ -194,7 +198,7 @@ def test_oversized_body_is_refused_while_it_streams_in(embedder_settings: Embedd
     asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
     start = next(message for message in sent if message["type"] == "http.response.start")
     assert start["status"] == 413
-    assert pulled <= 11  # 100 kB of 10 kB chunks, and the one that crossed the line
+    assert pulled <= 12  # the head, 100 kB of 10 kB chunks, and the one that crossed the line
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
     assert b"too_large" in body and b"0.1 MB" in body
 

@@ -212,3 +212,42 @@ def test_configured_origins_may_call_the_api_and_others_may_not(free_port: Calla
 def test_an_origin_that_no_browser_sends_is_refused_at_start(origins: str) -> None:
     with pytest.raises(ValueError, match="is not an origin"):
         GatewaySettings(cors_origins=origins)
+
+
+def test_a_method_a_path_does_not_serve_is_405_allowing_every_method_it_does(client: TestClient) -> None:
+    response = client.options("/api/search")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert client.delete("/api/records/3").headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    "body", [{"record_id": False}, {"text": "Apis", "top_n": "5"}, {"text": "Apis", "predict": 1}], ids=str
+)
+def test_a_json_body_is_taken_as_typed(client: TestClient, body: dict) -> None:
+    response = client.post("/api/search", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_query_string_parameters_are_checked_and_a_blank_one_is_the_default(client: TestClient) -> None:
+    bad = client.get("/api/search", params={"text": "Apis", "top_n": "many"})
+    assert bad.status_code == 422 and "top_n" in bad.json()["error"]["message"]
+    # Valid (blank = default): it gets as far as the embedder, which is down.
+    blank = client.get("/api/search", params={"text": "Apis", "top_n": "", "scope": "", "filter": "order:Lepidoptera"})
+    assert blank.status_code == 503 and blank.json()["error"]["code"] == "embedder_unavailable"
+
+
+def test_the_published_search_parameters_are_typed_from_the_vocabulary(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    search = document["paths"]["/api/search"]
+    form = search["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["top_n"]["anyOf"][0]["type"] == "integer" and form["top_n"]["anyOf"][0]["maximum"] == 200
+    assert form["scope"]["anyOf"][0]["enum"] == ["all", "url_only", "inaturalist", "bioclip2_training"]
+    names = {parameter["name"] for parameter in search["get"]["parameters"]}
+    assert {"top_n", "scope", "filter", "nprobe", "min_similarity", "rank", "q", "text", "record"} <= names
+    assert search["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/QueryRequest"
+    }
+    assert "QueryRequest" in document["components"]["schemas"]
+    assert "text/csv" in search["get"]["responses"]["200"]["content"]

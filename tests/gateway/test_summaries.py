@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -17,6 +17,7 @@ from gateway.query_cache import CachedQuery, QueryCache, image_query_id, mean_di
 from gateway.rate_limit import SlidingWindowLimiter
 from gateway.schemas import HitView, SearchParameters, SearchResult, TaxonFilter
 from gateway.summaries import consensus, taxonomy_tree
+from services.common.vocabulary import RANKS
 
 
 def _hit(similarity: float, genus: str, epithet: str, family: str = "Nymphalidae", **fields: object) -> HitView:
@@ -34,6 +35,7 @@ def test_consensus_weighs_by_similarity_not_by_count() -> None:
         "name": "Danaus plexippus",
         "share": round(0.95 / 1.35, 4),
         "hits": 1,
+        "unknown": 0,
     }
     family = consensus(hits, "family")
     assert family is not None and family.share == 1.0
@@ -53,6 +55,81 @@ def test_tree_counts_hits_per_taxon_largest_first() -> None:
     assert [(n["name"], n["count"]) for n in order["children"]] == [("Nymphalidae", 2), ("Pieridae", 1)]
     species = order["children"][0]["children"][0]["children"][0]
     assert species["rank"] == "species" and species["name"] == "Danaus plexippus" and species["children"] == []
+
+
+def _holed(similarity: float, taxonomy: dict[str, str | None]) -> HitView:
+    return HitView.model_validate({"rank": 1, "record_id": 0, "similarity": similarity, "taxonomy": taxonomy})
+
+
+def test_a_missing_middle_rank_is_an_unknown_node_and_the_ranks_below_stay() -> None:
+    goldfish = {"kingdom": "Animalia", "phylum": "Chordata", "class": None, "order": "Cypriniformes",
+                "family": "Cyprinidae", "genus": "Carassius", "species": "auratus"}  # fmt: skip
+    tree = [node.model_dump() for node in taxonomy_tree([_holed(0.9, goldfish)])]
+    path = []
+    nodes = tree
+    while nodes:
+        assert len(nodes) == 1
+        path.append((nodes[0]["rank"], nodes[0]["name"], nodes[0]["count"]))
+        nodes = nodes[0]["children"]
+    assert path == [("kingdom", "Animalia", 1), ("phylum", "Chordata", 1), ("class", None, 1),
+                    ("order", "Cypriniformes", 1), ("family", "Cyprinidae", 1), ("genus", "Carassius", 1),
+                    ("species", "Carassius auratus", 1)]  # fmt: skip
+
+
+def test_a_record_known_only_to_genus_is_in_the_tree_and_counted_unknown_by_the_vote() -> None:
+    known = _hit(0.5, "Danaus", "plexippus")
+    genus_only = _holed(0.9, {"genus": "Danaus"})
+    tree = taxonomy_tree([known, genus_only])
+    assert sum(node.count for node in tree) == 2
+    assert [node.name for node in tree] == ["Animalia", None]  # unknown last
+    vote = consensus([known, genus_only], "species")
+    assert vote is not None and vote.name == "Danaus plexippus" and vote.unknown == 1
+    assert vote.share == round(0.5 / 1.4, 4)
+    genus = consensus([known, genus_only], "genus")
+    assert genus is not None and genus.hits == 2 and genus.unknown == 0
+
+
+_names = st.one_of(st.none(), st.sampled_from(["A", "B", "C"]))
+_taxonomies = st.fixed_dictionaries({rank: _names for rank in RANKS})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_taxonomies, max_size=25))
+def test_every_hit_is_in_the_tree_once_and_counts_add_up_at_every_level(taxonomies: list[dict]) -> None:
+    hits = [_holed(0.5, taxonomy) for taxonomy in taxonomies]
+    tree = taxonomy_tree(hits)
+    # Each level (rank) counts every hit once; each node is the sum of its children; leaves are species.
+    level = tree
+    for rank in RANKS:
+        assert all(node.rank == rank for node in level)
+        assert sum(node.count for node in level) == len(hits)
+        assert len({node.name for node in level}) <= len(level)
+        next_level = []
+        for node in level:
+            if rank == RANKS[-1]:
+                assert node.children == []
+            else:
+                assert node.count == sum(child.count for child in node.children)
+                names = [child.name for child in node.children]
+                assert len(set(names)) == len(names)  # one node per taxon under a parent
+            next_level += node.children
+        level = next_level
+    # Each hit's path (unknowns as None) is one leaf with its count.
+    leaves: dict[tuple, int] = {}
+
+    def walk(nodes: list, path: tuple) -> None:
+        for node in nodes:
+            if node.children:
+                walk(node.children, (*path, node.name))
+            else:
+                leaves[(*path, node.name)] = node.count
+
+    walk(tree, ())
+    expected: dict[tuple, int] = {}
+    for hit in hits:
+        key = tuple(hit.taxonomy.at(rank) for rank in RANKS)
+        expected[key] = expected.get(key, 0) + 1
+    assert leaves == expected
 
 
 def test_the_same_photos_in_any_order_are_one_query() -> None:

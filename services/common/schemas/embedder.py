@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.vocabulary import CladeRank, Rank, Taxonomy, clean
 
@@ -19,6 +19,8 @@ class EmbedResponse(BaseModel):
 
 
 class TextEmbedRequest(BaseModel):
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
     texts: list[str] = Field(min_length=1, max_length=256, description="Texts to embed, 1 to 256.")
 
 
@@ -31,10 +33,24 @@ class ModelInfo(BaseModel):
     image_size: int
     preprocessing: Preprocessing
     preprocessing_steps: list[str]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    # Lists of three (red, green, blue): a tuple's schema (`prefixItems`) is not valid OpenAPI 3.0 tooling's.
+    mean: list[float] = Field(
+        min_length=3, max_length=3, description="Per-channel mean (RGB) the input is normalised by."
+    )
+    std: list[float] = Field(min_length=3, max_length=3, description="Per-channel standard deviation (RGB).")
     device: str
-    precision: str
+    precision: str = Field(description="What the model runs in: fp32, bf16, fp16 or int8.")
+    precision_requested: str | None = Field(None, description="EMBEDDER_PRECISION as set (auto or a precision).")
+    precision_reason: str | None = Field(None, description="Why this precision: the setting, or auto's reasoning.")
+    cpu_capability: str | None = Field(
+        None, description="The vector ISA PyTorch's CPU kernels dispatch to (DEFAULT, AVX2, AVX512, ...)."
+    )
+    precision_probe_ms: dict[str, float] | None = Field(
+        None,
+        description="auto's start-up probe: ms for one of the model's transformer blocks at batch 1, per candidate "
+        "precision (the fastest of three runs); null when nothing was probed.",
+    )
+    precision_probe_seconds: float | None = Field(None, description="How long the probe took at start-up, in s.")
     parameters: int
     torch_threads: int | None = Field(None, description="torch intra-op threads in use.")
     max_batch_size: int | None = Field(None, description="Most images in one forward pass.")
@@ -48,7 +64,9 @@ class ModelInfo(BaseModel):
 class Clade(BaseModel):
     """Predict only within this clade, e.g. {"rank": "class", "value": "Insecta"} (or the string "class:Insecta")."""
 
-    rank: CladeRank = Field(description="A rank above the one predicted.")
+    rank: CladeRank = Field(
+        description="A rank at or above the one predicted (at it: the prediction is among that name's groups)."
+    )
     value: str = Field(min_length=1, max_length=200, description="The clade's name at that rank (any case).")
 
     @model_validator(mode="before")
@@ -96,6 +114,9 @@ class ClassifyParameters(BaseModel):
 
 class ClassifyRequest(ClassifyParameters):
     """JSON body of POST /v1/classify: one vector (`vector`) or several (`vectors`) already embedded."""
+
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
 
     vector: list[float] | None = Field(None, description="One image vector, from POST /v1/embed/image.")
     vectors: list[list[float]] | None = Field(None, min_length=1, max_length=32, description="1 to 32 image vectors.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.common.vocabulary import ImageSize
 
@@ -29,6 +29,8 @@ MAX_BATCH_URLS = 64
 
 
 class BatchRequest(BaseModel):
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
     urls: list[Annotated[str, StringConstraints(min_length=1, max_length=2048)]] = Field(
         min_length=1, max_length=MAX_BATCH_URLS, description="Source URLs, each answered on its own."
     )

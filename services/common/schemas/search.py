@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from services.common.vocabulary import (
     SCOPES,
@@ -23,6 +23,9 @@ __all__ = ["SCOPES", "STOPPED", "FilterRank", "Scope", "SearchParameters", "Stop
 
 class SearchRequest(SearchParameters):
     """The search parameters, with the query vectors they apply to."""
+
+    # A JSON body is taken as typed: `false` is no record id, "5" no count (the published schema says so).
+    model_config = ConfigDict(strict=True)
 
     vectors: list[list[float]] = Field(
         min_length=1, max_length=16, description="Query vectors (1 to 16), each of the index's dimension."

@@ -27,9 +27,11 @@ ERRORS = {404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"m
 
 def to_query(body: SearchRequest, settings: SearchSettings) -> Query:
     parameters = {name: getattr(body, name) for name in SearchParameters.model_fields}
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity, which the engine refuses (422)
+        vectors = np.asarray(body.vectors, dtype=np.float32)
     return Query(
         **{**parameters, "filters": tuple(body.filters), "nprobe": body.nprobe or settings.default_nprobe},
-        vectors=np.asarray(body.vectors, dtype=np.float32),
+        vectors=vectors,
     )
 
 
