@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -69,8 +70,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Search a labelled collection of organism photos by photo or by taxon name.",
         errors=ERROR_STATUS,
         schema_models=search.SCHEMA_MODELS,
+        unknown_parameter=search.UNKNOWN,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.cors_origin_list:  # outside the security headers, so a preflight is answered before them
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Content-Type", "X-Request-ID"],
+            expose_headers=["Content-Disposition", "Retry-After", "X-Request-ID", "ETag"],
+            max_age=600,
+        )
     if settings.trusted_proxies:  # outermost: everything inside sees the client the proxy saw
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(search.router)

@@ -73,7 +73,7 @@ class ServiceClients:
             for service, size in sizes.items()
         }
         # One entry; used from the event loop only, so no lock.
-        self._identity: TTLCache[str, dict[str, str | None]] = TTLCache(maxsize=1, ttl=IDENTITY_TTL_SECONDS)
+        self._identity: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=1, ttl=IDENTITY_TTL_SECONDS)
 
     def _timeout(self, read: float) -> httpx.Timeout:
         return httpx.Timeout(connect=min(self.settings.connect_timeout, read), read=read, write=read, pool=read)
@@ -171,14 +171,21 @@ class ServiceClients:
 
     async def identity(self) -> dict[str, str | None]:
         """The model and index in use, asked at most every 30 s (it changes only on redeploy)."""
+        known = await self.provenance()
+        return {"model": known["model"], "index": known["index"]}
+
+    async def provenance(self) -> dict[str, Any]:
+        """`identity()` plus the collection's pin (`{"repo", "revision", "commit"}` from the search
+        service's /v1/stats, or None), cached with it."""
         if (known := self._identity.get("identity")) is not None:
             return known
         model, stats = await asyncio.gather(
             self.json_or_none("embedder", "/v1/model"), self.json_or_none("search", "/v1/stats")
         )
-        found = {
+        found: dict[str, Any] = {
             "model": str(model["model"]) if model else None,
             "index": index_identity(stats) if stats else None,
+            "collection": stats.get("collection") if stats else None,
         }
         if model and stats:
             self._identity["identity"] = found

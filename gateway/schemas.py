@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from services.common import vocabulary
+from services.common.schemas.search import CollectionPin, QueryReport, StageTimings
 from services.common.vocabulary import Rank, TaxonFilter, scientific_name
 
 __all__ = ["Rank", "TaxonFilter"]
@@ -15,7 +16,10 @@ __all__ = ["Rank", "TaxonFilter"]
 
 class SearchParameters(vocabulary.SearchParameters):
     """The search parameters, plus what the gateway adds: the prediction's rank. The same for every kind of
-    query: form fields beside an upload, a JSON body, a query string."""
+    query: form fields beside an upload, a JSON body, a query string. A name it does not know is refused
+    (422 naming it), never ignored: `topn` for `top_n` would otherwise search with the default unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
 
     rank: Rank = Field("species", description="The rank of the zero-shot prediction and the hits' consensus.")
     predict: bool = Field(True, description="Also predict the query's taxon (zero-shot) at `rank`.")
@@ -38,14 +42,28 @@ class QueryRequest(SearchParameters):
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> QueryRequest:
-        given = [name for name in ("text", "record_id", "query_id") if getattr(self, name) is not None]
+        given = [name for name in QUERY_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of text, record_id or query_id (or upload an image)")
+            raise ValueError(one_query_message(QUERY_FIELDS, given))
         return self
 
 
+QUERY_FIELDS = ("text", "record_id", "query_id")
+
+
+def one_query_message(allowed: tuple[str, ...], given: list[str]) -> str:
+    """Why a request names no query, or more than one: which one is allowed and which were given."""
+    choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+    if not given:
+        return f"give one of {choices} (or upload a photo)"
+    return f"give only one of {choices}; this request gives {' and '.join(given)}"
+
+
 class _LinkQuery(BaseModel):
-    """What a query string holds besides the search parameters (see `SearchLink`)."""
+    """What a query string holds besides the search parameters (see `SearchLink`). A name it does not know
+    is refused (422 naming it), as in a form or a JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
 
     q: str | None = Field(None, min_length=4, max_length=80, description="A query id from an earlier result.")
     text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
@@ -55,7 +73,10 @@ class _LinkQuery(BaseModel):
         max_length=vocabulary.MAX_FILTERS,
         description="A taxon filter as rank:value, e.g. order:Lepidoptera; repeat for several (AND).",
     )
-    format: Literal["json", "csv"] = Field("json", description="json (the result) or csv (the hits).")
+    format: Literal["json", "csv"] | None = Field(
+        None,
+        description="json (the result, with its provenance) or csv (the hits). Default: by `Accept`, else json.",
+    )
     download: bool = Field(False, description="Answer as a file to save.")
     model: str | None = Field(None, description="The model that answered when the link was made (informative).")
     index: str | None = Field(None, description="The index that answered when the link was made (informative).")
@@ -206,13 +227,16 @@ class Identity(BaseModel):
     index: str | None
 
 
-class SearchResult(BaseModel):
+class SearchResult(QueryReport):
+    """One search's answer, flat: what the search service did for this query (`candidates`, `rounds`,
+    `nprobe`, `ef_search`, `stopped`: its per-query report, defined once in services/common) beside the
+    hits and what the gateway adds."""
+
     query: Literal["image", "text", "record"]
     query_id: str = Field(description="Re-run with other parameters by sending this instead of the query.")
     label: str = Field(description="What the query was: file names, the text, or the record.")
     text: str | None = None
     parameters: SearchParameters
-    nprobe: int | None = Field(description="IVF lists the search visited.")
     exhausted: bool = Field(description="True when fewer than top_n records matched within the search's reach.")
     hits: list[HitView]
     prediction: PredictionResult | None = Field(description="Zero-shot prediction; null when not asked or unavailable.")
@@ -222,8 +246,27 @@ class SearchResult(BaseModel):
     tree: list[TreeNode] = Field(description="The hits' taxonomy, with counts.")
     identity: Identity
     permalink: str = Field(description="A page URL that reproduces this search.")
-    search: dict[str, object] | None = Field(None, description="What the search service did (rounds, timings).")
-    took_ms: float
+    timings: StageTimings = Field(description="The search service's milliseconds per stage.")
+    took_ms: float = Field(description="The whole search at the gateway, embedding included when it happened.")
+
+
+class Provenance(BaseModel):
+    """What an export is cited by: the query, what answered it, and when."""
+
+    exported_at: str = Field(description="When the export was made, ISO 8601 in UTC.")
+    query: Literal["image", "text", "record"]
+    query_id: str
+    label: str = Field(description="The text, `record N`, or the uploaded files' names.")
+    parameters: SearchParameters
+    model: str | None = Field(description="The embedder's model (as in `identity`).")
+    index: str | None = Field(description="The index (as in `identity`).")
+    collection: CollectionPin | None = Field(description="The collection's hub repo and commit, when downloaded.")
+
+
+class Export(SearchResult):
+    """GET /api/search?format=json: the search result with its provenance."""
+
+    provenance: Provenance
 
 
 class ServiceHealth(BaseModel):

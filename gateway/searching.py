@@ -122,15 +122,13 @@ class Searcher:
         self.served.remember(hits)
         agreed = consensus(hits, params.rank)
         top = prediction.predictions[0].name if prediction and prediction.predictions else None
-        # Everything the search service said about how it searched, without the hits themselves.
-        details = {**found.model_dump(exclude={"results"}), **result.model_dump(exclude={"hits"})}
         return SearchResult(
+            **result.search.model_dump(),  # what the search did for this query: nprobe, stopped, rounds...
             query=query.kind,  # type: ignore[arg-type]
             query_id=query.query_id,
             label=query.label,
             text=query.label if query.kind == "text" else None,
             parameters=params,
-            nprobe=found.nprobe,
             exhausted=result.exhausted,
             hits=hits,
             prediction=prediction,
@@ -140,7 +138,7 @@ class Searcher:
             tree=taxonomy_tree(hits),
             identity=Identity(**identity),
             permalink=permalink(query, params, identity),
-            search=details,
+            timings=found.timings,
             took_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 

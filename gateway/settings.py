@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -56,6 +57,14 @@ class GatewaySettings(ServiceSettings):
             "trusted, X-Forwarded-For ignored, rate limits key on the connecting address."
         ),
     )
+    cors_origins: str = Field(
+        "",
+        description=(
+            "Comma-separated origins (`https://lab.example.org`) whose pages may call the API from a browser "
+            "(CORS: GET, HEAD and POST, the `Content-Type` and `X-Request-ID` request headers). `*`: any origin. "
+            "Empty: none; the gateway's own page needs none."
+        ),
+    )
     predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
     example_records: list[int] = Field(
         default_factory=list,
@@ -74,6 +83,19 @@ class GatewaySettings(ServiceSettings):
     max_concurrent_previews: int = Field(2, ge=1, description="Previews decoded at once (each a thread).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        # An origin is scheme://host[:port] and nothing more; a path or a typo would never match a browser's.
+        for entry in filter(None, (item.strip().rstrip("/") for item in value.split(","))):
+            if entry != "*" and not re.fullmatch(r"https?://[^/\s?#]+", entry):
+                raise ValueError(f"{entry!r} is not an origin (scheme://host[:port]) or *")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

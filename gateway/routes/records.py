@@ -28,15 +28,23 @@ async def record(record_id: RecordId, clients: ClientsDep) -> RecordView:
     return record_view(await clients.record(record_id))
 
 
+IMAGE_RESPONSES = {
+    200: {"content": {"image/webp": {}, "image/jpeg": {}}},
+    304: {"description": "The browser's copy (If-None-Match) is still good."},
+    **IMAGE_ERRORS,
+}
+
+
 @router.get(
+    "/images/{record_id}", dependencies=[Depends(limit_images)], response_class=Response, responses=IMAGE_RESPONSES
+)
+@router.head(
     "/images/{record_id}",
     dependencies=[Depends(limit_images)],
     response_class=Response,
-    responses={
-        200: {"content": {"image/webp": {}, "image/jpeg": {}}},
-        304: {"description": "The browser's copy (If-None-Match) is still good."},
-        **IMAGE_ERRORS,
-    },
+    responses=IMAGE_RESPONSES,
+    operation_id="image_head",
+    summary="Image headers",
 )
 async def image(
     record_id: RecordId,
@@ -45,7 +53,8 @@ async def image(
     request: Request,
     size: Annotated[ImageSize, Query(description="thumb, medium or full.")] = "thumb",
 ) -> Response:
-    """A record's image, fetched from its source by the fetcher. The browser never names a URL.
+    """A record's image, fetched from its source by the fetcher. The browser never names a URL. HEAD answers
+    the same status and headers (the image is fetched, and cached, all the same) without the bytes.
 
     The URL of a hit the gateway has just served is known without asking search, so images on
     screen keep loading while search is down or stalled.

@@ -13,15 +13,18 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from gateway.dependencies import SearcherDep, UploadsDep, limit_searches
-from gateway.export import hits_csv, hits_json
+from gateway.clients import ServiceClients
+from gateway.dependencies import ClientsDep, SearcherDep, UploadsDep, limit_searches
+from gateway.export import Format, hits_csv, hits_json, negotiated, provenance
 from gateway.query_cache import CachedQuery
 from gateway.schemas import (
+    Export,
     QueryRequest,
     SearchLink,
     SearchParameters,
     SearchResult,
     TaxonFilter,
+    one_query_message,
     search_form_schema,
 )
 from gateway.searching import Searcher, Upload
@@ -40,21 +43,27 @@ _BODIES = {
     }
 }
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 410, 413, 415, 422, 429, 502, 503, 504)}
-# The export answers CSV as well as the JSON result.
-LINK_ANSWERS = {
+# A search answers JSON, or its hits as CSV when asked (`format=csv`, or `Accept: text/csv`).
+RESPONSES = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The result, or its hits as CSV."},
     **ERRORS,
 }
 # The gateway's own JSON body, named in _BODIES (the route reads the body itself: two content types).
 SCHEMA_MODELS = (QueryRequest,)
+# What a 422 says of a name no search takes (the app hands it to the shared error handler).
+UNKNOWN = "not a parameter of this endpoint (GET /api/vocabulary lists the search parameters)"
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], *, strict: bool = False) -> Any:
-    """`data` as `model`; strict for a JSON body (typed values), lax for form fields and query strings (text)."""
+def _validated(
+    model: type[BaseModel], data: dict[str, Any], where: tuple[str, ...] = (), *, strict: bool = False
+) -> Any:
+    """`data` as `model`; strict for a JSON body (typed values), lax for form fields and query strings (text).
+    `where` prefixes each error's location (`query` for a query string)."""
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
+        errors = [{**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
 
 
 def _filters(texts: list[str]) -> list[TaxonFilter]:
@@ -90,8 +99,10 @@ async def _upload(item: UploadFile, n: int) -> Upload:
 async def _from_form(request: Request, searcher: Searcher) -> tuple[CachedQuery, SearchParameters]:
     # The files live as long as the form: the embedder reads them before it closes.
     async with request.form() as form:
-        params = _validated(SearchParameters, _fields(form, {"image"}))
         items = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        if not items:  # before the fields: a photo sent under another name is this mistake, not an unknown field
+            raise InvalidInput("attach the photo as the multipart field `image`", code="missing_image")
+        params = _validated(SearchParameters, _fields(form, {"image"}))
         uploads = [await _upload(item, n) for n, item in enumerate(items)]
         return await searcher.image_query(uploads), params
 
@@ -105,22 +116,39 @@ async def _from_request(searcher: Searcher, body: QueryRequest) -> CachedQuery:
     return await searcher.known_query(body.query_id)
 
 
+async def _answer(
+    result: SearchResult, format: Format, clients: ServiceClients, *, download: bool = False, always_cite: bool = False
+) -> Response:
+    """The result as JSON, or its hits as CSV; a CSV, a download and GET's `format=json` carry their
+    provenance (query, model, collection, date) so that the file can be cited."""
+    filename = f"bioclip-search-{result.query_id[:16]}.{format}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}
+    if format == "csv":
+        cited = provenance(result, await clients.provenance())
+        return Response(hits_csv(result.hits, cited), media_type="text/csv; charset=utf-8", headers=headers)
+    if download or always_cite:
+        cited = provenance(result, await clients.provenance())
+        return Response(hits_json(result, cited), media_type="application/json", headers=headers)
+    return Response(result.model_dump_json(by_alias=True), media_type="application/json", headers=headers)
+
+
 @router.post(
-    "/search", response_model=SearchResult, responses=ERRORS, openapi_extra=_BODIES, summary="Search the collection"
+    "/search", response_model=SearchResult, responses=RESPONSES, openapi_extra=_BODIES, summary="Search the collection"
 )
-async def search(request: Request, searcher: SearcherDep, uploads: UploadsDep) -> SearchResult:
+async def search(request: Request, searcher: SearcherDep, clients: ClientsDep, uploads: UploadsDep) -> Response:
     """Nearest records to one or more uploaded photos (multipart field `image`, repeatable: several
     photos of one organism are averaged), or, as JSON, to a text, a record, or a query id from an
-    earlier result (which is not embedded again).
+    earlier result (which is not embedded again). With `Accept: text/csv`, the hits as CSV.
 
     Uploads in flight are bounded (`GATEWAY_MAX_CONCURRENT_UPLOADS`): one more is refused with
     503 `too_many_uploads` and `Retry-After` before its body is read.
     """
+    format = negotiated(request.headers.get("accept"))
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         with uploads.hold():
             query, params = await _from_form(request, searcher)
-        return await searcher.run(query, params)
+        return await _answer(await searcher.run(query, params), format, clients)
     if content_type.startswith("application/json"):
         try:
             raw = json.loads(await request.body() or b"null")
@@ -129,24 +157,27 @@ async def search(request: Request, searcher: SearcherDep, uploads: UploadsDep) -
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
         body = _validated(QueryRequest, raw, strict=True)
-        return await searcher.run(await _from_request(searcher, body), body)
+        return await _answer(await searcher.run(await _from_request(searcher, body), body), format, clients)
     raise UnsupportedMediaType(
         "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json"
     )
 
 
-@router.get("/search", response_model=SearchResult, responses=LINK_ANSWERS, summary="Search from a query string")
-async def search_by_link(searcher: SearcherDep, link: Annotated[SearchLink, Query()]) -> Response:
+@router.get("/search", response_model=Export, responses=RESPONSES, summary="Search from a query string")
+async def search_by_link(
+    request: Request, searcher: SearcherDep, clients: ClientsDep, link: Annotated[SearchLink, Query()]
+) -> Response:
     """The same search from a query string (what a permalink holds): `q`, `text` or `record`, the
-    parameters of POST /api/search, and repeatable `filter=rank:value`. `format=csv` exports the hits.
+    parameters of POST /api/search, and repeatable `filter=rank:value`. `format=csv` (or `Accept: text/csv`)
+    exports the hits; both formats carry the export's provenance.
     """
+    given = [name for name in ("q", "text", "record") if getattr(link, name) is not None]
+    if len(given) > 1:
+        problem = one_query_message(("q", "text", "record"), given)
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", given[1]), "msg": problem}])
     parameters = link.model_dump(include=set(SearchParameters.model_fields) - {"filters"}, exclude_none=True)
     query = {"query_id": link.q, "text": link.text, "record_id": link.record}
-    body = _validated(QueryRequest, {**parameters, "filters": _filters(link.filter), **query})
-    format, download = link.format, link.download
+    body = _validated(QueryRequest, {**parameters, "filters": _filters(link.filter), **query}, ("query",))
     result = await searcher.run(await _from_request(searcher, body), body)
-    filename = f"bioclip-search-{result.query_id[:16]}.{format}"
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}
-    if format == "csv":
-        return Response(hits_csv(result.hits), media_type="text/csv; charset=utf-8", headers=headers)
-    return Response(hits_json(result), media_type="application/json", headers=headers)
+    chosen = link.format or negotiated(request.headers.get("accept"))
+    return await _answer(result, chosen, clients, download=link.download, always_cite=True)

@@ -123,11 +123,18 @@ def status_of(exc: DomainError, mapping: StatusTable) -> tuple[int, str | None]:
     return 500, None
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+UNKNOWN_PARAMETER = "not a parameter of this endpoint"
+"""What a 422 says of a name a model refuses (`extra="forbid"`): pydantic's own words name no endpoint."""
+
+
+def _describe_validation(
+    exc: RequestValidationError, unknown: str = UNKNOWN_PARAMETER
+) -> tuple[str, list[dict[str, Any]]]:
     problems = []
     for err in exc.errors():
         where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
-        problems.append({"field": where, "problem": err.get("msg", "invalid")})
+        problem = unknown if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        problems.append({"field": where, "problem": problem})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return summary or "invalid request", problems
 
@@ -145,10 +152,13 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> None:
+def install_error_handlers(
+    app: FastAPI, mapping: StatusTable | None = None, unknown_parameter: str = UNKNOWN_PARAMETER
+) -> None:
     """Every exception leaves as the JSON error shape; a bug is a 500 without a traceback.
 
-    `mapping`: the service's own error classes -> status, on top of `DEFAULT_STATUS`.
+    `mapping`: the service's own error classes -> status, on top of `DEFAULT_STATUS`. `unknown_parameter`:
+    the problem a 422 gives for a name the endpoint does not take (a service may say where its names are listed).
     """
     table: dict[type[DomainError], int | Status] = {**DEFAULT_STATUS, **(mapping or {})}
 
@@ -163,7 +173,7 @@ def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, problems = _describe_validation(exc)
+        message, problems = _describe_validation(exc, unknown_parameter)
         return error_response(422, "invalid_request", message, problems)
 
     @app.exception_handler(StarletteHTTPException)

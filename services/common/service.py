@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.http_errors import ErrorResponse, StatusTable, install_error_handlers
+from services.common.http_errors import UNKNOWN_PARAMETER, ErrorResponse, StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
 
@@ -182,13 +182,15 @@ def create_service_app(
     max_body_bytes: int | None = None,
     errors: StatusTable | None = None,
     schema_models: Sequence[type[BaseModel]] = (),
+    unknown_parameter: str = UNKNOWN_PARAMETER,
 ) -> FastAPI:
     """A FastAPI app with the parts every service shares. Readiness reads `app.state.ready`.
 
     `max_body_bytes` refuses larger request bodies with 413 while they stream in. `errors` maps the
     service's own domain errors to HTTP statuses, on top of the shared kinds (services/common/http_errors.py).
     `schema_models`: models a route's `openapi_extra` refers to (`#/components/schemas/Name`) that no
-    route declares, added to the published schema.
+    route declares, added to the published schema. `unknown_parameter`: what a 422 says of a name the
+    endpoint does not take.
     """
     # /docs and /redoc come from install_offline_docs: FastAPI's own load their files from a CDN.
     app = FastAPI(
@@ -199,7 +201,7 @@ def create_service_app(
     # Set by an app that cannot go on after start-up; `serve` then stops it and exits with 1.
     app.state.fatal_error = None
     app.state.stop_server = None
-    install_error_handlers(app, errors)
+    install_error_handlers(app, errors, unknown_parameter)
     metrics = _Metrics(service)
     # Added innermost first: request ids and metrics also cover the 413s of the size limit.
     if max_body_bytes is not None:

@@ -6,13 +6,15 @@ import ast
 import importlib
 import re
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import DependencyFailed, DependencyTimeout, DependencyUnavailable, DomainError, NotFound
 from services.common.http import raise_for_upstream
@@ -198,3 +200,31 @@ def test_a_dependencys_answer_keeps_its_meaning_through_our_edge(status: int, co
         assert isinstance(raised.value, DependencyFailed) and raised.value.code == f"search_{code}"
         assert mapped == {503: 503, 504: 504}.get(status, 502)
         assert isinstance(raised.value, DependencyUnavailable) == (status == 503)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    top_n: int = 10
+
+
+@pytest.mark.parametrize(
+    ("unknown", "expected"),
+    [(None, "not a parameter of this endpoint"), ("not ours (see /names)", "not ours (see /names)")],
+)
+def test_a_refused_unknown_name_is_a_422_in_the_services_words(unknown: str | None, expected: str) -> None:
+    app = FastAPI()
+    if unknown is None:  # the shared words
+        install_error_handlers(app)
+    else:
+        install_error_handlers(app, unknown_parameter=unknown)
+
+    @app.get("/things")
+    async def things(query: Annotated[_Strict, Query()]) -> dict[str, int]:
+        return {"top_n": query.top_n}
+
+    with TestClient(app) as client:
+        assert client.get("/things?top_n=3").json() == {"top_n": 3}
+        response = client.get("/things?topn=3")
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == [{"field": "query.topn", "problem": expected}]

@@ -163,6 +163,75 @@ def test_a_query_the_gateway_does_not_hold_has_no_preview(client: TestClient) ->
     assert client.get("/api/queries/" + "x" * 65 + "/preview").status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"method": "GET", "url": "/api/search?text=Apis&topn=5"}, "query.topn"),
+        ({"method": "POST", "url": "/api/search", "json": {"text": "Apis", "topn": 5}}, "topn"),
+        ({"method": "POST", "url": "/api/search", "data": {"topN": "5"},
+          "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, "topN"),
+    ],
+    ids=["query-string", "json", "multipart"],
+)  # fmt: skip
+def test_an_unknown_parameter_is_a_422_naming_it_before_any_service_is_called(
+    client: TestClient, kwargs: dict, field: str
+) -> None:
+    response = client.request(**kwargs)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["message"].startswith(f"{field}: not a parameter")
+    assert error["details"] == [{"field": field, "problem": error["message"].removeprefix(f"{field}: ")}]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("q=img-0123456789&text=Apis", "q and text"), ("text=Apis&record=3", "text and record"),
+     ("q=img-0123456789&text=Apis&record=3", "q and text and record")],
+)  # fmt: skip
+def test_two_queries_in_a_link_say_which_one_is_allowed(client: TestClient, query: str, named: str) -> None:
+    response = client.get(f"/api/search?{query}")
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "give only one of q, text or record" in message and f"this request gives {named}" in message
+
+
+def test_two_queries_in_a_json_body_say_which_one_is_allowed(client: TestClient) -> None:
+    response = client.post("/api/search", json={"text": "Apis", "record_id": 3})
+    message = response.json()["error"]["message"]
+    assert "give only one of text, record_id or query_id; this request gives text and record_id" in message
+
+
+def test_cors_is_off_unless_origins_are_configured(client: TestClient) -> None:
+    preflight = client.options(
+        "/api/search", headers={"Origin": "https://lab.example.org", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    assert "access-control-allow-origin" not in client.get("/api/info", headers={"Origin": "https://x.org"}).headers
+
+
+def test_configured_origins_may_call_the_api_and_others_may_not(free_port: Callable[[], int]) -> None:
+    settings = GatewaySettings(
+        search_url=f"http://127.0.0.1:{free_port()}", cors_origins="https://lab.example.org, http://127.0.0.1:9"
+    )
+    with TestClient(create_app(settings)) as client:
+        asked = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        allowed = client.options("/api/search", headers={"Origin": "https://lab.example.org", **asked})
+        refused = client.options("/api/search", headers={"Origin": "https://evil.example.com", **asked})
+        simple = client.get("/api/info", headers={"Origin": "http://127.0.0.1:9", "X-Request-ID": "r1"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://lab.example.org"
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
+    assert simple.headers["access-control-allow-origin"] == "http://127.0.0.1:9"
+    assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize("origins", ["lab.example.org", "https://lab.example.org/page", "ftp://x.org"])
+def test_an_origin_that_no_browser_sends_is_refused_at_start(origins: str) -> None:
+    with pytest.raises(ValueError, match="is not an origin"):
+        GatewaySettings(cors_origins=origins)
+
+
 def test_a_method_a_path_does_not_serve_is_405_allowing_every_method_it_does(client: TestClient) -> None:
     response = client.options("/api/search")
     assert response.status_code == 405 and response.headers["allow"] == "GET, POST"

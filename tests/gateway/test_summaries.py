@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -11,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.export import hits_csv
+from gateway.export import COLUMNS, hits_csv, negotiated, parameters_text, provenance
 from gateway.query_cache import CachedQuery, QueryCache, image_query_id, mean_direction, text_query_id
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.schemas import HitView, TaxonFilter
+from gateway.schemas import HitView, SearchParameters, SearchResult, TaxonFilter
 from gateway.summaries import consensus, taxonomy_tree
 from services.common.vocabulary import RANKS
 
@@ -164,14 +165,64 @@ def test_taxon_filter_parses_rank_and_value() -> None:
         TaxonFilter.parse("tribe:Danaini")
 
 
+def _result(hits: list[HitView]) -> SearchResult:
+    params = SearchParameters(top_n=5, scope="inaturalist", filters=[TaxonFilter.parse("genus:Danaus")])
+    return SearchResult.model_validate({
+        "query": "text", "query_id": "txt-abc", "label": "monarch", "text": "monarch", "parameters": params,
+        "exhausted": False, "hits": hits, "prediction": None, "consensus": None, "agreement": None, "tree": [],
+        "identity": {"model": "m", "index": "i"}, "permalink": "/?text=monarch", "timings": {}, "took_ms": 1.0,
+    })  # fmt: skip
+
+
+PIN = {"repo": "imageomics/lite", "revision": "main", "commit": "a" * 40}
+FOUND = {"model": "hf-hub:imageomics/bioclip-2", "index": "imageomics/lite@aaaaaaaaaaaa", "collection": PIN}
+
+
 def test_csv_export_has_the_links_and_defuses_formulas() -> None:
     hit = _hit(
         0.9, "Danaus", "plexippus", record_id=7, image_url="https://example.org/a.jpg",
-        source_record_url="https://www.gbif.org/occurrence/1",
+        source_record_url="https://www.gbif.org/occurrence/1", uuid="u-1", in_bioclip2_training=True,
     )  # fmt: skip
     hit.taxonomy.common_name = "=HYPERLINK(1)"
-    rows = list(csv.DictReader(io.StringIO(hits_csv([hit]))))
+    cited = provenance(_result([hit]), FOUND, now=datetime(2026, 11, 30, 10, 0, 0, 123, tzinfo=UTC))
+    text = hits_csv([hit], cited)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(text.splitlines()[0].split(",")) == COLUMNS
     assert rows[0]["record_id"] == "7" and rows[0]["genus"] == "Danaus"
     assert rows[0]["image_url"] == "https://example.org/a.jpg"
     assert rows[0]["source_record_url"].endswith("/occurrence/1")
     assert rows[0]["common_name"] == "'=HYPERLINK(1)"
+    assert rows[0]["uuid"] == "u-1" and rows[0]["in_bioclip2_training"] == "True"
+
+
+def test_csv_export_rows_cite_the_query_the_model_the_collection_and_the_date() -> None:
+    hits = [_hit(0.9, "Danaus", "plexippus"), _hit(0.8, "Danaus", "gilippus")]
+    cited = provenance(_result(hits), FOUND, now=datetime(2026, 11, 30, 10, 0, 0, 123, tzinfo=UTC))
+    rows = list(csv.DictReader(io.StringIO(hits_csv(hits, cited))))
+    assert len(rows) == 2 and rows[0]["exported_at"] == rows[1]["exported_at"] == "2026-11-30T10:00:00Z"
+    assert rows[0]["query"] == "text" and rows[0]["label"] == "monarch" and rows[0]["query_id"] == "txt-abc"
+    assert rows[0]["parameters"] == "top_n=5&scope=inaturalist&rank=species&predict=true&filter=genus%3ADanaus"
+    assert rows[0]["model"] == "hf-hub:imageomics/bioclip-2"
+    assert rows[0]["collection"] == f"imageomics/lite@{'a' * 40}"
+
+
+def test_parameters_text_leaves_out_what_was_not_given() -> None:
+    assert parameters_text(SearchParameters(predict=False)) == "top_n=24&scope=all&rank=species&predict=false"
+
+
+@pytest.mark.parametrize(
+    ("accept", "chosen"),
+    [
+        (None, "json"), ("", "json"), ("*/*", "json"), ("application/json", "json"), ("text/csv", "csv"),
+        ("text/csv, application/json", "json"), ("text/csv, application/json;q=0.5", "csv"),
+        ("text/csv;q=0.2, */*;q=0.1", "csv"), ("text/*", "json"), ("TEXT/CSV", "csv"), ("text/csv;q=0", "json"),
+        ("text/csv;q=oops", "json"), ("text/html,application/xhtml+xml,*/*;q=0.8", "json"),
+    ],
+)  # fmt: skip
+def test_accept_chooses_csv_only_when_it_is_preferred_to_json(accept: str | None, chosen: str) -> None:
+    assert negotiated(accept) == chosen
+
+
+@given(st.text(max_size=200))
+def test_any_accept_header_chooses_a_format_without_failing(accept: str) -> None:
+    assert negotiated(accept) in ("json", "csv")
