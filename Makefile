@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-fetcher clean
+.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random
 
 bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
 	$(PY) -m bench.search
+
+bench-scale: install ## Search at 1M, 10M, 50M and 200M vectors: make each collection, measure it, delete it (hours)
+	nice -n 5 $(PY) -m bench.scale
 
 bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
 	$(PY) -m bench.fetcher
