@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -124,6 +126,30 @@ def cached_fraction(folder: Path) -> float:
     return round(cached / total, 3) if total else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: what a step cost whatever else was running."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def startup_stages(log: Path, launched: datetime) -> dict[str, float]:
+    """Seconds between launch and the service's start-up log lines: imports, index open, graph, metadata open."""
+    marks: dict[str, datetime] = {"launch": launched}
+    patterns = {
+        "process": "Started server process",
+        "index": "services.search.index: opened",
+        "graph": "coarse HNSW quantizer",
+        "metadata": "services.search.metadata: opened",
+    }
+    for line in log.read_text().splitlines():
+        for name, pattern in patterns.items():
+            if pattern in line and name not in marks:
+                marks[name] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    order = [name for name in ("launch", "process", "index", "graph", "metadata") if name in marks]
+    return {f"{a}->{b}": round((marks[b] - marks[a]).total_seconds(), 2) for a, b in itertools.pairwise(order)}
+
+
 def memory(pid: int) -> dict[str, int]:
     """MB from /proc/PID/smaps_rollup: RSS, anonymous (private) and file-backed (mapped) parts."""
     fields: dict[str, int] = {}
@@ -159,6 +185,7 @@ class Service:
             if probe.connect_ex(("127.0.0.1", PORT)) == 0:
                 raise RuntimeError(f"port {PORT} is taken")
         started = time.perf_counter()
+        self.launched = datetime.now()  # the service logs local time
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
                 [PY, "-m", "services.search"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -171,7 +198,8 @@ class Service:
                     break
             time.sleep(0.05)
         ready = time.perf_counter() - started
-        return {"ready_s": round(ready, 2)}
+        # Imports happen before the first log line, so that stage is launch -> "Started server process".
+        return {"ready_s": round(ready, 2), "cpu_s": round(cpu_seconds(self.process.pid), 2)}
 
     @property
     def pid(self) -> int:
@@ -237,6 +265,7 @@ def grid(
                 took, http, stages = [], [], {"index_ms": [], "screen_ms": [], "fetch_ms": []}
                 filled = 0
                 stopped: dict[str, int] = {}
+                cpu_before = cpu_seconds(service.pid)
                 for i in range(count):
                     number = (i * 7 + 100) % len(vectors)
                     scope, filters = cell_query(queries, number, variant)
@@ -250,8 +279,10 @@ def grid(
                     done += 1
                     if memory_at is not None and mem is None and done >= memory_at:
                         mem = memory(service.pid)
+                cpu = (cpu_seconds(service.pid) - cpu_before) * 1000 / count
                 cells[f"{top_n}/{nprobe}/{variant}"] = {
                     "took_ms": percentiles(took),
+                    "service_cpu_ms_per_query": round(cpu, 2),
                     "http_ms": percentiles(http),
                     "stages_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
                     "filled": filled,
@@ -292,12 +323,15 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
         "vectors": vectors, "rows": shape.rows, "species": shape.species, "commit": commit.strip(), "beside": {},
     }  # fmt: skip
     out["beside"]["start"] = beside()
+    steps = layout.folder / "steps.json"  # step measurements, kept if the benchmark is restarted
     if not layout.info.is_file():
         shutil.rmtree(layout.folder, ignore_errors=True)
         out["generate"] = measured(
             [PY, "-m", "bench.scale_data", "--vectors", str(vectors), "--out", str(layout.folder)],
             logs / f"generate-{vectors}.log",
         )
+        steps.write_text(json.dumps({"generate": out["generate"]}))
+    out |= {k: v for k, v in json.loads(steps.read_text()).items() if k not in out} if steps.is_file() else {}
     out["generated"] = json.loads(layout.info.read_text())
     out["beside"]["sidecar"] = beside()
     if not (layout.sidecar / "manifest.json").is_file():
@@ -305,7 +339,29 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
             [PY, "-m", "services.search.sidecar", "--metadata", str(layout.metadata), "--out", str(layout.sidecar)],
             logs / f"sidecar-{vectors}.log",
         )
+        steps.write_text(json.dumps({k: out[k] for k in ("generate", "sidecar") if k in out}))
+    out |= {k: v for k, v in json.loads(steps.read_text()).items() if k not in out} if steps.is_file() else {}
     out["disk"] = sizes_on_disk(layout)
+    # Sizes may be made side by side (two runs of this benchmark), but only one is measured at a time.
+    with (SCALE_DIR / "measure.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        service = measure_service(
+            layout, vectors, per_cell=per_cell, headline=headline, fallback_per_cell=fallback_per_cell
+        )
+    out["beside"] |= service.pop("beside")
+    out |= service
+    (SCALE_DIR / f"results-{vectors}.json").write_text(json.dumps(out, indent=2))
+    if not keep:
+        shutil.rmtree(layout.folder)
+    return out
+
+
+def measure_service(
+    layout: Layout, vectors: int, *, per_cell: int, headline: int, fallback_per_cell: int
+) -> dict[str, Any]:
+    """The search service on one collection: start-ups, cold first queries, the grid, memory, the fallback."""
+    logs = SCALE_DIR / "logs"
+    out: dict[str, Any] = {"beside": {}}
     queries = np.load(layout.queries)
     cache = layout.folder / "cache"
     shutil.rmtree(cache, ignore_errors=True)
@@ -313,6 +369,7 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
     service = Service(layout, logs / f"search-{vectors}-build.log", sidecar=True, cache=cache)
     with running(service):
         out["startup_graph_built"] = service.start()
+        out["startup_graph_built"]["stages"] = startup_stages(service.log, service.launched)
         out["startup_graph_built"]["first_query_ms"] = round(
             service.search(queries["vectors"][0], 10, 16, "all", [])["http_ms"], 1
         )
@@ -323,6 +380,7 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
     service = Service(layout, logs / f"search-{vectors}.log", sidecar=True, cache=cache)
     with running(service):
         out["startup_cached"] = service.start()
+        out["startup_cached"]["stages"] = startup_stages(service.log, service.launched)
         out["memory_at_ready"] = memory(service.pid)
         first = [service.search(queries["vectors"][i], 10, 16, "all", [])["http_ms"] for i in range(100)]
         out["first_100_ms"] = {"each": [round(x, 1) for x in first], **percentiles(first), "sum_ms": round(sum(first))}
@@ -339,9 +397,6 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
         out["fallback"] = grid(service, queries, fallback_per_cell, fallback_per_cell)
         out["memory_duckdb"] = memory(service.pid)
     out["beside"]["end"] = beside()
-    (SCALE_DIR / f"results-{vectors}.json").write_text(json.dumps(out, indent=2))
-    if not keep:
-        shutil.rmtree(layout.folder)
     return out
 
 
@@ -394,9 +449,18 @@ def report(results: list[dict[str, Any]]) -> str:
     for part in ("index_mb", "metadata_mb", "sidecar_mb", "total_mb"):
         row(f"disk: {part.replace('_mb', '')} MB", [r["disk"][part] for r in results])
     lines += ["", "### Starting and memory", "", f"| | {cols} |", sep]
-    row("ready, coarse graph built (s)", [r["startup_graph_built"]["ready_s"] for r in results])
-    row("ready, graph cached, cold page cache (s)", [r["startup_cached"]["ready_s"] for r in results])
-    row("ready, DuckDB fallback (s)", [r["startup_duckdb"]["ready_s"] for r in results])
+
+    def ready(start: dict[str, Any]) -> str:
+        return f"{start['ready_s']} ({start['cpu_s']})" if "cpu_s" in start else str(start["ready_s"])
+
+    def stages(start: dict[str, Any]) -> str:
+        return " / ".join(str(v) for v in start.get("stages", {}).values()) or "?"
+
+    row("ready, coarse graph built: s (CPU s)", [ready(r["startup_graph_built"]) for r in results])
+    row("ready, graph cached, cold page cache: s (CPU s)", [ready(r["startup_cached"]) for r in results])
+    row("  stages: imports / index open / graph read / metadata+sidecar open (s)", [
+        stages(r["startup_cached"]) for r in results])  # fmt: skip
+    row("ready, DuckDB fallback: s (CPU s)", [ready(r["startup_duckdb"]) for r in results])
     row("collection in page cache after eviction", [r.get("cached_fraction_after_evict") for r in results])
     row("first 100 queries after cold start: sum ms", [r["first_100_ms"]["sum_ms"] for r in results])
     row(
@@ -435,6 +499,10 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{t['p50']} / {t['p95']} / {t['p99']} ({cell['http_ms']['p50']}), {cell['filled']}/{cell['queries']}"
             )
         row(key, values)
+    lines += ["", "### Service CPU per query (ms; all of it: HTTP, JSON, search, rows)", ""]
+    lines += [f"| top_n / nprobe / scope or filter | {cols} |", sep]
+    for key in results[0]["grid"]["cells"]:
+        row(key, [r["grid"]["cells"][key].get("service_cpu_ms_per_query", "?") for r in results])
     lines += [
         "",
         "### Without the sidecar (DuckDB rows): p50 ms, filled/queries",
@@ -483,6 +551,8 @@ def plot(results: list[dict[str, Any]]) -> None:
         linestyle=":",
         label="no sidecar (DuckDB) p50",
     )
+    left.axhline(10, color="grey", linewidth=0.8, linestyle="-.", label="targets at 200M: p50 10 ms, p99 50 ms")
+    left.axhline(50, color="grey", linewidth=0.8, linestyle="-.")
     left.set(xscale="log", yscale="log", xlabel="vectors", ylabel="ms (search + metadata)", title="Latency")
     left.legend(fontsize=7)
     right.plot(n, [r["grid"]["memory_after"]["anonymous_mb"] for r in results], marker="o", label="anonymous (private)")

@@ -142,7 +142,7 @@ def _rank_sql(rank: str, species: int) -> str:
 
 
 def write_metadata(
-    shape: ScaleShape, path: Path, *, memory_limit: str, threads: int, index_memory_limit: str = "6GB"
+    shape: ScaleShape, path: Path, *, memory_limit: str, threads: int, index_memory_limit: str = "5GB"
 ) -> dict[str, float]:
     """The DuckDB file: taxa, then rows streamed from range() in taxonomy order, then the id index."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def taxon_of_rows(shape: ScaleShape, rows: np.ndarray) -> dict[str, list[str]]:
     return out
 
 
-def generate(shape: ScaleShape, folder: Path, *, memory_limit: str = "4GB", threads: int = 2) -> dict[str, object]:
+def generate(shape: ScaleShape, folder: Path, *, memory_limit: str = "3GB", threads: int = 2) -> dict[str, object]:
     layout = Layout(folder)
     started = time.perf_counter()
     index = write_index(shape, layout.index)
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale_data", description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--memory-limit", default="4GB", help="DuckDB's memory limit")
+    parser.add_argument("--memory-limit", default="3GB", help="DuckDB's memory limit")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
