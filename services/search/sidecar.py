@@ -140,6 +140,16 @@ BAND_IDS = 1 << 24
 MEMORY_LIMIT = "2GB"
 
 
+def _uuid_bytes(array: pa.Array) -> np.ndarray:
+    """(n, 16) uint8 from a binary array of 16-byte values."""
+    array = array.cast(pa.large_binary())
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    if array.null_count or int(offsets[-1] - offsets[0]) != 16 * len(array):
+        raise SidecarError("a uuid is not 16 bytes (a malformed uuid text?)")
+    values = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)
+    return values[int(offsets[0]) : int(offsets[-1])].reshape(-1, 16)
+
+
 class _NpyWriter:
     """A .npy file of `length` rows written front to back in slices, never mapped or held whole."""
 
@@ -298,42 +308,56 @@ def write_sidecar(
             writers += [uuids, source]
             strings = _Blocks(staging / "strings.bin", id_end)
             select += f""", s.code AS source,
-                       replace(coalesce({cols.uuid}, '00000000-0000-0000-0000-000000000000'), '-', '') AS hex,
+                       unhex(replace(coalesce({cols.uuid}, '00000000-0000-0000-0000-000000000000'), '-', '')) AS uuid,
                        coalesce({cols.source_id}, '') || chr(31) || coalesce({cols.tail}, '') AS text"""
             joins += f" JOIN sources s ON hash({', '.join(cols.sources)}) = s.key"
+        bands = range(0, id_end, band_ids)
+        parts = staging / "bands"
+        if len(bands) > 1:
+            # One scan of the table, its rows split by band into temporary Parquet files; a query per
+            # band on the table itself would scan all of it once per band (14 times for TreeOfLife).
+            con.execute(
+                f"""COPY (SELECT m.id // {band_ids} AS band, {select} FROM metadata m {joins})
+                    TO '{parts}' (FORMAT parquet, PARTITION_BY (band))"""
+            )
         seen = 0
         with tqdm(
             total=rows, desc="sidecar", unit="row", unit_scale=True, file=sys.stderr, disable=rows < 5_000_000
         ) as bar:
-            for band_low in range(0, id_end, band_ids):
+            for band_low in bands:
                 band_high = min(band_low + band_ids, id_end)
                 size = band_high - band_low
                 band = {"flags": flags.band(size), "code": taxon.band(size)}
                 if records:
-                    band |= {"hex": uuids.band(size), "source": source.band(size)}
-                # Only the strings need id order; the fixed-width columns are placed by id.
-                order = " ORDER BY m.id" if records else ""
-                where = f"m.id >= {band_low} AND m.id < {band_high}"
-                query = f"SELECT {select} FROM metadata m {joins} WHERE {where}{order}"
-                for batch in con.sql(query).to_arrow_reader(batch_rows):
+                    band |= {"uuid": uuids.band(size), "source": source.band(size)}
+                # Only the strings need id order (within the band); the fixed-width columns are placed by id.
+                order = " ORDER BY id" if records else ""
+                if len(bands) == 1:
+                    query = f"SELECT {select} FROM metadata m {joins}{order}"
+                else:
+                    files = parts / f"band={band_low // band_ids}"
+                    query = f"SELECT * EXCLUDE (band) FROM read_parquet('{files}/*.parquet'){order}"
+                    if not files.is_dir():
+                        query = ""  # no row has an id in this band
+                for batch in con.sql(query).to_arrow_reader(batch_rows) if query else []:
                     ids = batch.column("id").to_numpy()
                     local = ids - band_low
                     band["code"][local] = batch.column("code").to_numpy()
                     band["flags"][local] = batch.column("flags").to_numpy()
                     if records:
                         band["source"][local] = batch.column("source").to_numpy()
-                        hex_offsets, hex_values = _string_values(batch.column("hex"))
-                        hex_text = hex_values[int(hex_offsets[0]) : int(hex_offsets[-1])].to_pybytes().decode()
-                        band["hex"][local] = np.frombuffer(bytes.fromhex(hex_text), dtype=np.uint8).reshape(-1, 16)
+                        band["uuid"][local] = _uuid_bytes(batch.column("uuid"))
                         strings.add(ids, batch.column("text"))
                     seen += len(ids)
                     bar.update(len(ids))
                 flags.write(band["flags"])
                 taxon.write(band["code"])
                 if records:
-                    uuids.write(band["hex"])
+                    uuids.write(band["uuid"])
                     source.write(band["source"])
                 del band
+                if len(bands) > 1:
+                    shutil.rmtree(parts / f"band={band_low // band_ids}", ignore_errors=True)
         if seen != rows:
             raise SidecarError(f"the sidecar pass saw {seen} rows of {rows} (duplicate ids?)")
         for writer in writers:
@@ -348,6 +372,7 @@ def write_sidecar(
             writer.handle.close()
         con.close()
     shutil.rmtree(staging / "duckdb.tmp", ignore_errors=True)
+    shutil.rmtree(staging / "bands", ignore_errors=True)
     manifest = {
         "format": FORMAT,
         "rows": int(rows),
