@@ -35,6 +35,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 import uuid as uuid_module
 import zlib
@@ -61,7 +62,8 @@ BLOCK = 128  # ids per compressed block of strings: a few KB, microseconds to in
 SOURCE_FIELDS = ("source_dataset", "publisher", "img_type", "basis_of_record")
 _FIELD_SEP = "\x1f"
 SCOPE_BITS = {"all": PRESENT, "url_only": HAS_URL, "inaturalist": INATURALIST, "bioclip2_training": TRAINING}
-_MASK_CACHE_LIMIT = 1024
+_NAME_CACHE_LIMIT = 65_536
+BINOMIAL = "genus epithet"  # the key of binomial names among the ranks' names
 
 
 class SidecarError(RuntimeError):
@@ -413,8 +415,11 @@ class LookupSidecar:
         # The taxa stay Arrow arrays: a hit's names are taken by code when its row is built. As Python
         # lists, TreeOfLife's ~1M taxa cost ~0.5 GB of private memory and ~15 s of start-up.
         self._taxa = taxa.combine_chunks()
-        self._lowered: dict[str, pa.ChunkedArray] = {}
-        self._masks: dict[TaxonFilter, np.ndarray] = {}
+        # Per rank, made on the first filter at that rank: the distinct normalised names, and each
+        # taxon's index into them. A filter then costs a lookup of its value, not a pass over all taxa.
+        self._normalised: dict[str, tuple[pa.Array, np.ndarray]] = {}
+        self._normalising = threading.Lock()
+        self._name_indices: dict[tuple[str, str], int] = {}
         self._binomial_names: pa.ChunkedArray | None = None
         encoded = pc.dictionary_encode(self._binomial).combine_chunks()
         # -1: no species to count by, so max_per_species does not apply.
@@ -479,23 +484,38 @@ class LookupSidecar:
         safe, inside = self._clip(ids)
         return np.where(inside, self.taxon[safe], NO_TAXON).astype(np.uint32)
 
+    def _rank_names(self, rank: str) -> tuple[pa.Array, np.ndarray]:
+        """A rank's distinct normalised names and, per taxon, the index of its name (-1: none); made once."""
+        found = self._normalised.get(rank)
+        if found is None:
+            with self._normalising:
+                found = self._normalised.get(rank)
+                if found is None:
+                    column = self._binomial if rank == BINOMIAL else pc.utf8_lower(self._taxa.column(rank))
+                    # Whitespace runs in stored names compare as one space, as in filters.normalise.
+                    column = pc.utf8_trim_whitespace(pc.replace_substring_regex(column, r"\s+", " "))
+                    encoded = pc.dictionary_encode(column).combine_chunks()
+                    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+                    found = self._normalised[rank] = (encoded.dictionary, indices)
+        return found
+
+    def _name_index(self, taxon: TaxonFilter) -> tuple[np.ndarray, int]:
+        """The taxa's name indices at the filter's rank, and the index of the filter's value (-1: no taxon)."""
+        rank = BINOMIAL if taxon.binomial else taxon.rank
+        names, indices = self._rank_names(rank)
+        key = (rank, taxon.value)
+        index = self._name_indices.get(key)
+        if index is None:
+            index = int(pc.index(names, taxon.value).as_py())
+            if len(self._name_indices) >= _NAME_CACHE_LIMIT:
+                self._name_indices.clear()
+            self._name_indices[key] = index
+        return indices, index
+
     def taxon_mask(self, taxon: TaxonFilter) -> np.ndarray:
-        """Which taxa (by code) a filter keeps; cached, as people filter by the same few names."""
-        mask = self._masks.get(taxon)
-        if mask is None:
-            if taxon.binomial:
-                column = self._binomial
-            else:
-                column = self._lowered.get(taxon.rank)
-                if column is None:
-                    column = self._lowered[taxon.rank] = pc.utf8_lower(self._taxa.column(taxon.rank))
-            # Whitespace runs in stored names compare as one space, as in filters.normalise.
-            column = pc.utf8_trim_whitespace(pc.replace_substring_regex(column, r"\s+", " "))
-            mask = pc.fill_null(pc.equal(column, taxon.value), False).to_numpy(zero_copy_only=False)
-            if len(self._masks) >= _MASK_CACHE_LIMIT:
-                self._masks.clear()
-            self._masks[taxon] = mask
-        return mask
+        """Which taxa (by code) a filter keeps, as one boolean per taxon."""
+        indices, index = self._name_index(taxon)
+        return indices == index if index >= 0 else np.zeros(len(indices), dtype=bool)
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> np.ndarray:
         """A boolean per id: it has a row, is in the scope and passes every taxon filter."""
@@ -506,7 +526,9 @@ class LookupSidecar:
             known = codes != NO_TAXON
             safe = np.where(known, codes, 0)
             for taxon in criteria.filters:
-                keep &= known & self.taxon_mask(taxon)[safe]
+                # Only the candidates' taxa are compared: no pass over all taxa per query (~1M at full size).
+                indices, index = self._name_index(taxon)
+                keep &= known & (indices[safe] == index) if index >= 0 else False
         return keep
 
     def species_keys(self, ids: np.ndarray) -> np.ndarray:
