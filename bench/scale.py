@@ -52,6 +52,7 @@ NPROBES = (16, 64)
 VARIANTS = ("all", "url_only", "inaturalist", "class", "genus")
 HEADLINE = {(10, 16, "all"), (10, 16, "inaturalist"), (10, 16, "class")}
 PLOT = ROOT / "docs" / "images" / "search-scale.png"
+BEGIN, END = "<!-- tables: made by python -m bench.scale --report -->", "<!-- end of tables -->"
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -518,6 +519,26 @@ def report(results: list[dict[str, Any]]) -> str:
                 for c in (r["fallback"]["cells"][key] for r in results)
             ],
         )
+    for path in sorted(SCALE_DIR.glob("index-only-*.json")):
+        alone = json.loads(path.read_text())
+        lines += ["", f"### The index alone at {_m(alone['vectors'])} vectors (in-process, one thread)", ""]
+        lines += [
+            f"Opened (mmap) in {alone['open_s']} s; coarse graph {alone['graph_s']} s; CPU for both "
+            f"{alone['open_cpu_s']} s. Memory anon / file MB: at ready {alone['memory_ready']['anonymous_mb']} / "
+            f"{alone['memory_ready']['file_mb']}, after 1,000 searches {alone['memory_after_1000']['anonymous_mb']} / "
+            f"{alone['memory_after_1000']['file_mb']}.",
+        ]
+        if "first_100_ms" in alone:
+            first = alone["first_100_ms"]
+            lines += [
+                "",
+                f"First 100 searches (k 10, nprobe 16) after evicting the index file from the page cache "
+                f"(cached before: {alone['cached_fraction_after_evict']}): {first['sum_ms']} ms in all, "
+                f"{first['cpu_sum_ms']} ms of it CPU; p50 {first['p50']}, p99 {first['p99']} ms.",
+            ]
+        lines += ["", "| k / nprobe | p50 ms | p95 ms | p99 ms | CPU p50 ms |", "|---|---|---|---|---|"]
+        for key, cell in alone["cells"].items():
+            lines.append(f"| {key} | {cell['p50']} | {cell['p95']} | {cell['p99']} | {cell['cpu_p50']} |")
     plot(results)
     return "\n".join(lines)
 
@@ -575,9 +596,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headline", type=int, default=300, help="queries per headline cell (top 10, nprobe 16)")
     parser.add_argument("--fallback-per-cell", type=int, default=20, help="queries per cell without the sidecar")
     parser.add_argument("--report", action="store_true", help="only render the results so far")
+    parser.add_argument("--write", type=Path, help="put the tables into this Markdown file, between the markers")
+    parser.add_argument("--index-only", type=int, help="measure only the index of this (already made) size")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.index_only:
+        print(json.dumps(index_only(args.index_only), indent=2))
+        return 0
     if not args.report:
         (SCALE_DIR / "machine.json").parent.mkdir(parents=True, exist_ok=True)
         (SCALE_DIR / "machine.json").write_text(json.dumps(machine(), indent=2))
@@ -590,8 +616,70 @@ def main(argv: list[str] | None = None) -> int:
                 fallback_per_cell=args.fallback_per_cell,
             )
             print(report(load_results()), flush=True)
-    print(report(load_results()))
+    tables = report(load_results())
+    print(tables)
+    if args.write:
+        text = args.write.read_text()
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        args.write.write_text(f"{head}{BEGIN}\n{tables}\n{END}{tail}")
     return 0
+
+
+def index_only(vectors: int, queries_per_cell: int = 200) -> dict[str, Any]:
+    """The index alone, in this process: open (mmap), coarse graph, search latency by nprobe and k, memory.
+
+    For a size whose metadata or sidecar is not made yet: the IVF scan is what grows with N.
+    """
+    import faiss
+
+    from services.search.index import VectorIndex
+
+    faiss.omp_set_num_threads(1)
+    layout = Layout(SCALE_DIR / str(vectors))
+    queries = np.load(layout.queries)["vectors"]
+    out: dict[str, Any] = {"vectors": vectors, "beside": beside(), "memory_before": memory(os.getpid())}
+    out["evicted"] = evict(layout.index.parent)
+    out["cached_fraction_after_evict"] = cached_fraction(layout.index.parent)
+    cpu = time.process_time()
+    started = time.perf_counter()
+    index = VectorIndex.open(layout.index, mmap=True)
+    out["open_s"] = round(time.perf_counter() - started, 2)
+    out["memory_open"] = memory(os.getpid())
+    started = time.perf_counter()
+    index.upgrade_quantizer("auto", cache_dir=layout.folder / "cache")
+    out["graph_s"] = round(time.perf_counter() - started, 2)
+    out["open_cpu_s"] = round(time.process_time() - cpu, 2)
+    out["memory_ready"] = memory(os.getpid())
+    first, first_cpu = [], []
+    for i in range(100):
+        tick, tick_cpu = time.perf_counter(), time.process_time()
+        index.search(queries[i][None, :], 10, 16, 64)
+        first.append((time.perf_counter() - tick) * 1000)
+        first_cpu.append((time.process_time() - tick_cpu) * 1000)
+    out["first_100_ms"] = {**percentiles(first), "sum_ms": round(sum(first)), "cpu_sum_ms": round(sum(first_cpu))}
+    cells: dict[str, Any] = {}
+    made = 100
+    # k 40 and 200: what a filtered search's first round asks for (top_n x overfetch 4).
+    for k in (10, 40, 50, 200):
+        for nprobe in (16, 64):
+            took, cpu_ms = [], []
+            for i in range(queries_per_cell):
+                vector = queries[(i * 7 + 100) % len(queries)][None, :]
+                tick, tick_cpu = time.perf_counter(), time.process_time()
+                index.search(vector, k, nprobe, 64)
+                took.append((time.perf_counter() - tick) * 1000)
+                cpu_ms.append((time.process_time() - tick_cpu) * 1000)
+                made += 1
+                if made == 1000:
+                    out["memory_after_1000"] = memory(os.getpid())
+            cells[f"k{k}/nprobe{nprobe}"] = {**percentiles(took), "cpu_p50": round(statistics.median(cpu_ms), 2)}
+            logger.info("k %d nprobe %d: %s", k, nprobe, cells[f"k{k}/nprobe{nprobe}"])
+    out["cells"] = cells
+    out["memory_end"] = memory(os.getpid())
+    out["cached_fraction_end"] = cached_fraction(layout.index.parent)
+    (SCALE_DIR / f"index-only-{vectors}.json").write_text(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":
