@@ -348,7 +348,9 @@ def taxon_of_rows(shape: ScaleShape, rows: np.ndarray) -> dict[str, list[str]]:
     return out
 
 
-def generate(shape: ScaleShape, folder: Path, *, memory_limit: str = "3GB", threads: int = 2) -> dict[str, object]:
+def generate(
+    shape: ScaleShape, folder: Path, *, memory_limit: str = "3GB", threads: int = 2, index_only: bool = False
+) -> dict[str, object]:
     layout = Layout(folder)
     started = time.perf_counter()
     index = write_index(shape, layout.index)
@@ -359,6 +361,8 @@ def generate(shape: ScaleShape, folder: Path, *, memory_limit: str = "3GB", thre
         classes=np.asarray(taxa["class"]), genera=np.asarray(taxa["genus"]),
     )  # fmt: skip
     index_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if index_only:
+        return {"index": index, "index_peak_rss_mb": round(index_rss)}
     metadata = write_metadata(shape, layout.metadata, memory_limit=memory_limit, threads=threads)
     logger.info("metadata written: %s", metadata)
     info = {
@@ -382,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--memory-limit", default="3GB", help="DuckDB's memory limit")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    parser.add_argument("--index-only", action="store_true", help="the index and queries only (no metadata)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     os.nice(0)
-    info = generate(
-        ScaleShape.for_vectors(args.vectors), args.out, memory_limit=args.memory_limit, threads=args.threads
-    )
+    shape = ScaleShape.for_vectors(args.vectors)
+    info = generate(shape, args.out, memory_limit=args.memory_limit, threads=args.threads, index_only=args.index_only)
     print(json.dumps(info))
     return 0
 
