@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install run test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -10,8 +10,17 @@ help: ## List the targets
 install: ## Create .venv and install everything (skipped when up to date)
 	@scripts/install.sh
 
+data: install ## Download the real collection, labels and model into ./data, verified and resumable (~22 GB)
+	$(PY) -m collection download $(ARGS)
+
 run: install ## Start the four services locally (the offline demo when no collection is configured)
 	$(PY) -m stack
+
+collection: install ## Build a collection: make collection MANIFEST=photos.csv OUT=data (python -m collection build)
+	$(PY) -m collection build --manifest $(MANIFEST) --out $(OUT)
+
+sidecar: install ## Make a metadata file's lookup sidecar: make sidecar METADATA=data/duckdb/metadata.duckdb
+	$(PY) -m collection sidecar --metadata $(METADATA) --out $(basename $(METADATA)).lookup
 
 test: install ## Lint, then run every test (unit, end-to-end)
 	$(PY) -m ruff check .
@@ -29,10 +38,19 @@ format: install ## Fix what ruff can fix and format the code
 docs: install ## Regenerate docs/operations.md's settings tables from the settings classes
 	$(PY) -m stack.settings_doc --write docs/operations.md
 
-bench: bench-embedder bench-search bench-fetcher ## Run every benchmark (minutes; results go in docs/benchmarks/)
+bench: bench-embedder bench-search bench-fetcher bench-load ## Run every benchmark (minutes; results go in docs/benchmarks/)
 
-bench-embedder: install ## Embedder latency and throughput, ViT-L-14 with random weights
-	$(PY) -m bench.embedder
+bench-embedder: install ## Embedder latency, throughput and precision quality, ViT-L-14 with random weights, on this CPU and limited to AVX2
+	@# setsid: a session (a scheduler autogroup) of its own, as the service it starts has; on a busy machine the
+	@# in-process side would otherwise get only its shell session's share of the CPU.
+	setsid -w $(PY) -m bench.embedder
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 setsid -w $(PY) -m bench.embedder --cpu-label avx2
+
+check-precision: install ## Reduced precision vs fp32 on your weights and photos: MODEL=... PHOTOS=dir [CHECKPOINT= CONFIG= INDEX= PRECISIONS=int8]
+	@test -n "$(MODEL)" -a -n "$(PHOTOS)" || { echo "usage: make check-precision MODEL=<hf-hub:name or architecture> PHOTOS=<folder> [CHECKPOINT=<weights>] [CONFIG=<architecture json>] [INDEX=<faiss index>] [PRECISIONS=int8,bf16]"; exit 2; }
+	$(PY) -m bench.precision_check --model "$(MODEL)" --photos "$(PHOTOS)" --precisions "$(or $(PRECISIONS),int8)" \
+		$(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(CONFIG),--architecture-config "$(CONFIG)") \
+		$(if $(INDEX),--index "$(INDEX)")
 
 bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
 	$(PY) -m bench.search
@@ -42,6 +60,9 @@ bench-scale: install ## Search at 1M, 10M, 50M and 200M vectors: make each colle
 
 bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
 	$(PY) -m bench.fetcher
+
+bench-load: install ## The demo stack under 16 page users for 60 s (locust, through nginx when installed)
+	$(PY) -m bench.load
 
 clean: ## Remove the demo data, logs and caches (not .venv)
 	rm -rf var .pytest_cache .ruff_cache

@@ -141,7 +141,7 @@ def startup_stages(log: Path, launched: datetime) -> dict[str, float]:
         "process": "Started server process",
         "index": "services.search.index: opened",
         "graph": "coarse HNSW quantizer",
-        "metadata": "services.search.metadata: opened",
+        "metadata": "services.search.app: candidates judged by",  # the metadata and its sidecar opened
     }
     for line in log.read_text().splitlines():
         for name, pattern in patterns.items():
@@ -337,7 +337,7 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
     out["beside"]["sidecar"] = beside()
     if not (layout.sidecar / "manifest.json").is_file():
         out["sidecar"] = measured(
-            [PY, "-m", "services.search.sidecar", "--metadata", str(layout.metadata), "--out", str(layout.sidecar)],
+            [PY, "-m", "collection", "sidecar", "--metadata", str(layout.metadata), "--out", str(layout.sidecar)],
             logs / f"sidecar-{vectors}.log",
         )
         steps.write_text(json.dumps({k: out[k] for k in ("generate", "sidecar") if k in out}))

@@ -50,6 +50,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from services.common.vocabulary import FILTER_RANKS, RANKS
+
 logger = logging.getLogger("bench.scale_data")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +67,7 @@ SIGMA = 0.8  # lognormal sigma of list lengths
 PERMUTE_A = 2_654_435_761  # prime: r -> (r * A + B) mod rows is a permutation when rows is not a multiple of it
 PERMUTE_B = 1_234_567
 RANK_SIZES = {"genus": 5, "family": 40, "order": 400, "class": 3_200, "phylum": 12_800, "kingdom": 150_000}
+ENUM_RANKS = RANKS[:5]  # kingdom to family: few distinct names, stored as ENUMs
 INAT_PREFIX = "https://inaturalist-open-data.s3.amazonaws.com"
 
 
@@ -168,7 +171,7 @@ def write_metadata(
                        CASE WHEN s % 2 = 0 THEN 'common name ' || s END AS common_name
                 FROM counts WHERE cnt > 0 ORDER BY s"""
         )
-        for rank in ("kingdom", "phylum", "class", "order", "family"):
+        for rank in ENUM_RANKS:
             con.execute(f'CREATE TYPE {rank}_t AS ENUM (SELECT DISTINCT "{rank}" FROM sp ORDER BY 1)')
         con.execute("CREATE TYPE source_dataset_t AS ENUM ('bioscan', 'eol', 'fathomnet', 'gbif')")
         con.execute(
@@ -186,17 +189,20 @@ def write_metadata(
         )
         started = time.perf_counter()
         a = permutation_a(shape.rows)
+        # The broad ranks as ENUMs, as in the published file; the rest as text.
+        names = ", ".join(f'"{rank}"' for rank in FILTER_RANKS)
+        taxa = ", ".join(
+            f'"{rank}"::{rank}_t AS "{rank}"' if rank in ENUM_RANKS else f'"{rank}"' for rank in FILTER_RANKS
+        )
         con.execute(
             f"""CREATE TABLE metadata AS
             WITH ordered AS (
-              SELECT kingdom, phylum, class, "order", family, genus, species, common_name,
-                     unnest(range(start, start + cnt)) AS r
+              SELECT {names}, unnest(range(start, start + cnt)) AS r
               FROM sp),
             drawn AS (
               SELECT *, hash(r) AS h, hash(r + {shape.rows}) AS h2, hash(r) % 100 AS src FROM ordered)
             SELECT ((r * {a} + {PERMUTE_B}) % {shape.rows})::INTEGER AS id, gen_random_uuid() AS uuid,
-                   kingdom::kingdom_t AS kingdom, phylum::phylum_t AS phylum, class::class_t AS class,
-                   "order"::order_t AS "order", family::family_t AS family, genus, species, common_name,
+                   {taxa},
                    (CASE WHEN src < 80 THEN 'gbif' WHEN src < 95 THEN 'eol' WHEN src < 99 THEN 'bioscan'
                          ELSE 'fathomnet' END)::source_dataset_t AS source_dataset,
                    (h2 % 4000000000)::VARCHAR AS source_id,

@@ -13,6 +13,7 @@ taxonomy-sorted table), the two interleaved query by query. Prints Markdown and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -35,7 +36,9 @@ from bench.search_data import BENCH_DIR, BenchData, Shape, ensure_index, ensure_
 from services.search.engine import Limits, Query, SearchEngine
 from services.search.filters import Criteria
 from services.search.index import VectorIndex
+from services.search.lookup import RecordLookup, SidecarLookup, open_lookup
 from services.search.metadata import MetadataStore
+from services.search.settings import SearchSettings
 
 logger = logging.getLogger("bench.search")
 
@@ -122,10 +125,10 @@ def bench_index(data: BenchData, queries: np.ndarray, truth: np.ndarray) -> tupl
 
 
 def _lookups(
-    store: MetadataStore | Callable[[list[int]], Any], ids_pool: np.ndarray, count: int, reps: int, warm: int, seed: int
+    store: RecordLookup | Callable[[list[int]], Any], ids_pool: np.ndarray, count: int, reps: int, warm: int, seed: int
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    fetch = store.fetch if isinstance(store, MetadataStore) else store
+    fetch = store if callable(store) else store.fetch
     cold = []
     for _ in range(min(warm, 10)):
         cold.append(_timed(fetch, rng.choice(ids_pool, count, replace=False).tolist())[0])
@@ -145,20 +148,20 @@ def bench_metadata(data: BenchData, ids_pool: np.ndarray, reps: int, warm: int) 
     for order in ("taxonomy", "id"):
         path = data.metadata(order)
         for label, use_sidecar in (("duckdb_rows", False), ("sidecar", True)):
-            store = MetadataStore(path, use_sidecar=use_sidecar)
+            store = open_lookup(MetadataStore(path), use_sidecar=use_sidecar)
             key = f"{order}_sorted_{label}"
-            out[key] = {"lookup": store.lookup}
+            out[key] = {"lookup": store.name}
             for count in (30, 300):
                 out[key][f"ids_{count}"] = _lookups(store, ids_pool, count, reps, warm, seed=count)
             out[key]["index_scan"] = "Index Scan" in store.fetch_plan(ids_pool[:30].tolist())
-            if use_sidecar and store.sidecar is not None:
+            if isinstance(store, SidecarLookup):
                 # Judging candidates: what a scoped search does with every neighbour it examines.
                 rng = np.random.default_rng(1)
                 criteria = Criteria(SCOPE)
                 for count in (300, 3000):
                     times = [_timed(store.screen, rng.choice(ids_pool, count), criteria)[0] for _ in range(reps)]
                     out[key][f"screen_{count}"] = _ms(times)
-            store.close()
+            store.store.close()
             gc.collect()
     # The original system's mistake: a scope condition in the same WHERE as the id list.
     path = data.metadata("taxonomy")
@@ -177,7 +180,7 @@ def bench_metadata(data: BenchData, ids_pool: np.ndarray, reps: int, warm: int) 
 
 def bench_fill(engine: SearchEngine, queries: np.ndarray, limits: Limits) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for label, bound in (("widening", limits), ("no_nprobe_widening", Limits(max_nprobe=16))):
+    for label, bound in (("widening", limits), ("no_nprobe_widening", dataclasses.replace(limits, max_nprobe=16))):
         engine.limits = bound
         for top_n in (10, 50):
             filled, hits, rounds, candidates, nprobes, times, stops = 0, [], [], [], [], [], {}
@@ -210,8 +213,8 @@ def bench_target(
 ) -> tuple[dict[str, Any], SearchEngine]:
     """top_n 10, nprobe 16, scope all: the original design and ours, interleaved query by query."""
     flat = VectorIndex.open(data.index, mmap=False)
-    original_store = MetadataStore(data.metadata("taxonomy"), use_sidecar=False)
-    ours = SearchEngine(hnsw, MetadataStore(data.metadata("taxonomy")), Limits())
+    original_store = MetadataStore(data.metadata("taxonomy"))
+    ours = SearchEngine(hnsw, open_lookup(MetadataStore(data.metadata("taxonomy"))), SearchSettings().limits())
 
     def original(q: np.ndarray) -> dict[int, Any]:
         found = flat.search(q[None, :], 10, 16, 64)
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("target: ours against the original design")
     results["target"], engine = bench_target(data, hnsw, queries, rounds=2)
     logger.info("fill rate")
-    results["fill"] = bench_fill(engine, queries, Limits())
+    results["fill"] = bench_fill(engine, queries, SearchSettings().limits())
     results["seconds"] = {"data_ready": round(built_s, 1), "total": round(time.perf_counter() - started, 1)}
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

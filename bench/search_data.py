@@ -22,7 +22,8 @@ import duckdb
 import faiss
 import numpy as np
 
-from services.search.sidecar import write_sidecar
+from collection.sidecar import write_sidecar
+from services.common.vocabulary import RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ CREATE UNIQUE INDEX metadata_id ON metadata(id);
 CHECKPOINT;
 """
 
-ORDERS = {"taxonomy": 'kingdom, phylum, class, "order", family, genus, species', "id": "id"}
+ORDERS = {"taxonomy": ", ".join(f'"{rank}"' for rank in RANKS), "id": "id"}
 
 
 def ensure_metadata(data: BenchData, order: str) -> None:

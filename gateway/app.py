@@ -9,17 +9,25 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.clients import ServiceClients
+from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.routes import health, records, search
+from gateway.routes import health, previews, records, search, vocabulary
 from gateway.searching import Searcher
+from gateway.security_headers import SecurityHeadersMiddleware
 from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
-from services.common.service import create_service_app
+from services.common.http_errors import Status, StatusTable
+from services.common.service import BlockingPool, create_service_app
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+# The gateway's errors beyond the shared kinds' statuses (QueryExpired is 410 as every Expired);
+# the note names the setting an operator changes.
+ERROR_STATUS: StatusTable = {ModelIndexMismatch: Status(502, note="set EMBEDDER_MODEL to that model")}
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -41,6 +49,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         app.state.search_limiter = SlidingWindowLimiter(settings.searches_per_minute)
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
+        app.state.preview_pool = BlockingPool(settings.max_concurrent_previews)
         app.state.ready = True
         async with client:
             yield
@@ -53,10 +62,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         lifespan=lifespan,
         max_body_bytes=settings.max_upload_bytes,
         description="Search a labelled collection of organism photos by photo or by taxon name.",
+        errors=ERROR_STATUS,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
+    if settings.trusted_proxies:  # outermost: everything inside sees the client the proxy saw
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.include_router(search.router)
     app.include_router(records.router)
+    app.include_router(previews.router)
     app.include_router(health.router)
+    app.include_router(vocabulary.router)
+    app.include_router(health.internal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # The page lives at / and its files under /static, so /api paths never fall through to files.

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from cachetools import TTLCache
 
+from gateway.errors import ModelIndexMismatch
 from gateway.settings import GatewaySettings
-from services.common.errors import ServiceError, UpstreamError
+from services.common.errors import DomainError
 from services.common.http import raise_for_upstream, upstream
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse
@@ -23,6 +24,15 @@ from services.common.schemas.search import Record, SearchRequest, SearchResponse
 logger = logging.getLogger(__name__)
 
 IDENTITY_TTL_SECONDS = 30.0
+
+
+def index_identity(stats: dict[str, Any]) -> str:
+    """What a permalink records of the index: a downloaded collection's `repo@commit` (12 hex digits),
+    else its type and shape."""
+    pin = stats.get("collection")
+    if pin:
+        return f"{pin['repo']}@{str(pin['commit'])[:12]}"
+    return f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,8 @@ class ServiceClients:
             "search": asyncio.Semaphore(settings.max_concurrent_searches),
             "fetcher": asyncio.Semaphore(settings.max_concurrent_images),
         }
-        self._identity: tuple[float, dict[str, str | None]] | None = None
+        # One entry; used from the event loop only, so no lock.
+        self._identity: TTLCache[str, dict[str, str | None]] = TTLCache(maxsize=1, ttl=IDENTITY_TTL_SECONDS)
 
     def _timeout(self, read: float) -> httpx.Timeout:
         return httpx.Timeout(connect=self.settings.connect_timeout, read=read, write=read, pool=read)
@@ -84,14 +95,12 @@ class ServiceClients:
             response = await self._call(
                 "search", "POST", "/v1/search", self.settings.search_timeout, json=request.model_dump(exclude_none=True)
             )
-        except ServiceError as exc:
+        except DomainError as exc:
             # The gateway checked the caller's parameters; a vector the index refuses is a set-up fault.
             if exc.code in ("dimension_mismatch", "invalid_vector"):
-                raise UpstreamError(
-                    "search",
+                raise ModelIndexMismatch(
                     f"the embedder's vectors do not fit the search index ({exc.message}); "
-                    "EMBEDDER_MODEL must be the model the collection was built with",
-                    code="model_index_mismatch",
+                    "the embedder must run the model the collection was built with"
                 ) from exc
             raise
         return SearchResponse.model_validate(response.json())
@@ -120,24 +129,24 @@ class ServiceClients:
         """A service's JSON answer, or None when it cannot give one (for informational answers)."""
         try:
             response = await self._call(service, "GET", path, self.settings.connect_timeout)
-        except ServiceError as exc:
+        except DomainError as exc:
             logger.info("%s%s unavailable: %s", service, path, exc.message)
             return None
         return response.json()
 
     async def identity(self) -> dict[str, str | None]:
         """The model and index in use, asked at most every 30 s (it changes only on redeploy)."""
-        if self._identity and time.monotonic() - self._identity[0] < IDENTITY_TTL_SECONDS:
-            return self._identity[1]
+        if (known := self._identity.get("identity")) is not None:
+            return known
         model, stats = await asyncio.gather(
             self.json_or_none("embedder", "/v1/model"), self.json_or_none("search", "/v1/stats")
         )
         found = {
             "model": str(model["model"]) if model else None,
-            "index": f"{stats['index_type']}:{stats['vectors']}x{stats['dim']}" if stats else None,
+            "index": index_identity(stats) if stats else None,
         }
         if model and stats:
-            self._identity = (time.monotonic(), found)
+            self._identity["identity"] = found
         return found
 
     async def readiness(self, service: str) -> tuple[bool, str | None]:
@@ -146,7 +155,7 @@ class ServiceClients:
                 response = await self.client.get(
                     self.urls[service] + "/readyz", timeout=self._timeout(self.settings.connect_timeout)
                 )
-        except ServiceError as exc:
+        except DomainError as exc:
             return False, exc.message
         if response.status_code == 200:
             return True, None

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.clients import ServiceClients
-from gateway.rate_limit import SlidingWindowLimiter, retry_after_header
+from gateway.rate_limit import SlidingWindowLimiter
 from gateway.searching import Searcher
 from gateway.settings import GatewaySettings
-from services.common.errors import ServiceError
+from services.common.errors import RateLimited
 
 
 def get_clients(request: Request) -> ServiceClients:
@@ -32,22 +32,15 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 
 
 def _client_key(request: Request) -> str:
-    settings: GatewaySettings = request.app.state.settings
-    forwarded = request.headers.get("x-forwarded-for")
-    if settings.trust_forwarded_for and forwarded:
-        return forwarded.split(",")[0].strip()
+    # Behind a trusted proxy, the address it saw (ProxyHeadersMiddleware, GATEWAY_TRUSTED_PROXIES);
+    # never a header the client writes.
     return request.client.host if request.client else "unknown"
 
 
 def _limit(request: Request, limiter: SlidingWindowLimiter, what: str) -> None:
     wait = limiter.check(_client_key(request))
     if wait > 0:
-        raise ServiceError(
-            f"too many {what} from this client: at most {limiter.per_minute} a minute",
-            code="rate_limited",
-            status_code=429,
-            headers={"Retry-After": retry_after_header(wait)},
-        )
+        raise RateLimited(f"too many {what} from this client: at most {limiter.per_minute} a minute", retry_after=wait)
 
 
 def limit_searches(request: Request) -> None:

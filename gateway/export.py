@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import logging
+from collections.abc import Sequence
 from typing import Any
 
+from gateway.schemas import HitView, SearchResult
+from services.common.vocabulary import RANKS
+
+logger = logging.getLogger(__name__)
+
 COLUMNS = (
-    "rank", "similarity", "record_id", "kingdom", "phylum", "class", "order", "family", "genus", "species",
-    "scientific_name", "common_name", "source_dataset", "source_id", "publisher", "img_type", "basis_of_record",
-    "image_url", "source_record_url",
+    "rank", "similarity", "record_id", *RANKS, "scientific_name", "common_name", "source_dataset", "source_id",
+    "publisher", "img_type", "basis_of_record", "image_url", "source_record_url",
 )  # fmt: skip
 
 
-def _row(hit: dict[str, Any]) -> dict[str, Any]:
-    flat = {**hit, **hit["taxonomy"]}
+def _row(hit: HitView) -> dict[str, Any]:
+    dumped = hit.model_dump(mode="json", by_alias=True)
+    flat = {**dumped, **dumped["taxonomy"]}
     return {column: flat.get(column) for column in COLUMNS}
 
 
-def hits_csv(hits: list[dict[str, Any]]) -> str:
+def hits_csv(hits: Sequence[HitView]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -29,5 +35,5 @@ def hits_csv(hits: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def hits_json(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=2, ensure_ascii=False)
+def hits_json(result: SearchResult) -> str:
+    return result.model_dump_json(indent=2, by_alias=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import LRUCache
+
+from services.common.vocabulary import name_key
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ def image_query_id(images: list[bytes]) -> str:
 
 
 def text_query_id(text: str) -> str:
-    return "txt-" + hashlib.sha256(text.strip().lower().encode()).hexdigest()[:32]
+    """One id per text up to the vocabulary's name key (case, Unicode form, whitespace, invisible characters)."""
+    return "txt-" + hashlib.sha256(name_key(text).encode()).hexdigest()[:32]
 
 
 def record_query_id(record_id: int) -> str:
@@ -37,7 +40,8 @@ class QueryCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, CachedQuery] = OrderedDict()
+        # cachetools is not thread-safe: every use takes the lock, as its documentation advises.
+        self._entries: LRUCache[str, CachedQuery] = LRUCache(maxsize=max(capacity, 1))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -47,17 +51,14 @@ class QueryCache:
             entry = self._entries.get(query_id)
             if entry is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(query_id)
-            self.hits += 1
+            else:
+                self.hits += 1
             return entry
 
     def put(self, entry: CachedQuery) -> CachedQuery:
-        with self._lock:
-            self._entries[entry.query_id] = entry
-            self._entries.move_to_end(entry.query_id)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+        if self.capacity > 0:
+            with self._lock:
+                self._entries[entry.query_id] = entry
         return entry
 
     def __len__(self) -> int:

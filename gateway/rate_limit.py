@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import defaultdict, deque
@@ -29,7 +28,3 @@ class SlidingWindowLimiter:
                 for key in [k for k, v in self._events.items() if not v]:
                     del self._events[key]
             return 0.0
-
-
-def retry_after_header(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))

@@ -4,43 +4,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, computed_field, model_validator
 
-from services.common.schemas.search import Scope
-from services.common.schemas.taxonomy import Taxonomy as RankPath
+from services.common import vocabulary
+from services.common.vocabulary import Rank, TaxonFilter, scientific_name
 
-Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
-FilterRank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name"]
-
-
-class TaxonFilter(BaseModel):
-    rank: FilterRank = Field(description="The rank to match; `species` matches the epithet.")
-    value: str = Field(min_length=1, max_length=200, description="The name at that rank, e.g. Lepidoptera.")
-
-    @classmethod
-    def parse(cls, text: str) -> TaxonFilter:
-        """`order:Lepidoptera` (the form a filter takes in form fields and query strings)."""
-        rank, _, value = text.partition(":")
-        return cls.model_validate({"rank": rank.strip().lower(), "value": value.strip()})
-
-    def __str__(self) -> str:
-        return f"{self.rank}:{self.value}"
+__all__ = ["Rank", "TaxonFilter"]
 
 
-class SearchParameters(BaseModel):
-    """Parameters shared by every kind of query: form fields beside an upload, a JSON body, a query string."""
+class SearchParameters(vocabulary.SearchParameters):
+    """The search parameters, plus what the gateway adds: the prediction's rank. The same for every kind of
+    query: form fields beside an upload, a JSON body, a query string."""
 
-    top_n: int = Field(10, ge=1, le=200, description="Hits to return.")
-    nprobe: int | None = Field(None, ge=1, le=65536, description="IVF lists to visit (search's default if unset).")
-    scope: Scope = Field("all", description="Which records may be hits.")
-    filters: list[TaxonFilter] = Field(
-        default_factory=list, max_length=8, description="Taxon filters, all of which a hit must match."
-    )
-    min_similarity: float | None = Field(None, ge=-1.0, le=1.0, description="Hits below this similarity are left out.")
-    max_per_source: int | None = Field(None, ge=1, le=200, description="At most this many hits per source record.")
-    max_per_species: int | None = Field(None, ge=1, le=200, description="At most this many hits per species.")
     rank: Rank = Field("species", description="The rank of the zero-shot prediction and the hits' consensus.")
     predict: bool = Field(True, description="Also predict the query's taxon (zero-shot) at `rank`.")
+
+    def search(self) -> vocabulary.SearchParameters:
+        """The part the search service takes, as its model."""
+        return vocabulary.SearchParameters.model_validate(
+            {name: getattr(self, name) for name in vocabulary.SearchParameters.model_fields}
+        )
 
 
 class QueryRequest(SearchParameters):
@@ -60,11 +43,15 @@ class QueryRequest(SearchParameters):
         return self
 
 
-class Taxonomy(RankPath):
+class Taxonomy(vocabulary.Taxonomy):
     """A record's taxonomy, with the names people search by."""
 
-    scientific_name: str | None = Field(None, description="Genus and epithet together, when both are known.")
     common_name: str | None = None
+
+    @computed_field(description="Genus and epithet together, when both are known.")  # type: ignore[prop-decorator]
+    @property
+    def scientific_name(self) -> str | None:
+        return scientific_name(self.genus, self.species)
 
 
 class RecordView(BaseModel):
@@ -95,7 +82,7 @@ class Prediction(BaseModel):
     rank: Rank
     probability: float
     common_name: str | None = None
-    taxonomy: dict[str, str | None] | None = Field(None, description="The taxon's ranks above it, when known.")
+    taxonomy: vocabulary.Taxonomy | None = Field(None, description="The taxon's ranks above it, when known.")
 
 
 class PredictionResult(BaseModel):
@@ -146,7 +133,7 @@ class SearchResult(BaseModel):
 
 class ServiceHealth(BaseModel):
     ready: bool
-    url: str
+    url: str | None = Field(None, description="The service's base URL (GET /internal/health only).")
     reason: str | None = None
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 from urllib.parse import urlencode
 
 from gateway.clients import ServiceClients
+from gateway.errors import QueryExpired
 from gateway.query_cache import (
     CachedQuery,
     QueryCache,
@@ -18,11 +18,12 @@ from gateway.query_cache import (
     record_query_id,
     text_query_id,
 )
-from gateway.schemas import HitView, Identity, SearchParameters, SearchResult
+from gateway.schemas import Identity, Prediction, PredictionResult, SearchParameters, SearchResult
 from gateway.summaries import consensus, taxonomy_tree
 from gateway.views import hit_view
-from services.common.errors import BadRequest, NotFound, ServiceError
+from services.common.errors import DomainError, InvalidInput
 from services.common.schemas.search import SearchRequest
+from services.common.vocabulary import clean
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,14 @@ class Searcher:
 
     async def image_query(self, uploads: list[Upload]) -> CachedQuery:
         if not uploads:
-            raise BadRequest("attach the photo as the multipart field `image`", code="missing_image")
+            raise InvalidInput("attach the photo as the multipart field `image`", code="missing_image")
         if len(uploads) > self.max_images:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{len(uploads)} photos; one query takes at most {self.max_images}", code="too_many_images"
             )
         for name, data, _ in uploads:
             if not data:
-                raise BadRequest(f"{name}: the uploaded file is empty", code="empty_file")
+                raise InvalidInput(f"{name}: the uploaded file is empty", code="empty_file")
         query_id = image_query_id([data for _, data, _ in uploads])
         if cached := self.cache.get(query_id):
             return cached
@@ -54,9 +55,9 @@ class Searcher:
         return self.cache.put(CachedQuery(query_id, "image", mean_direction(embedded.vectors), label))
 
     async def text_query(self, text: str) -> CachedQuery:
-        text = text.strip()
+        text = clean(text)  # the vocabulary's cleaning, so a BOM or zero-width characters alone are blank
         if not text:
-            raise BadRequest("the text is blank", code="empty_text")
+            raise InvalidInput("the text is blank", code="empty_text")
         query_id = text_query_id(text)
         if cached := self.cache.get(query_id):
             return cached
@@ -75,79 +76,59 @@ class Searcher:
             return cached
         if query_id.startswith("rec-") and query_id[4:].isdigit():
             return await self.record_query(int(query_id[4:]))
-        raise NotFound(
-            "this query is no longer held by the gateway (it keeps recent queries only); upload the photo again",
-            code="query_expired",
-            status_code=410,
+        raise QueryExpired(
+            "this query is no longer held by the gateway (it keeps recent queries only); upload the photo again"
         )
 
     async def run(self, query: CachedQuery, params: SearchParameters) -> SearchResult:
         started = time.perf_counter()
-        request = SearchRequest.model_validate(
-            {
-                "vectors": [query.vector.tolist()],
-                "top_n": params.top_n,
-                "nprobe": params.nprobe,
-                "scope": params.scope,
-                "filters": [f.model_dump() for f in params.filters],
-                "min_similarity": params.min_similarity,
-                "max_per_source": params.max_per_source,
-                "max_per_species": params.max_per_species,
-            }
-        )
+        request = SearchRequest(**dict(params.search()), vectors=[query.vector.tolist()])
         prediction_task = asyncio.ensure_future(self._predict(query, params.rank)) if params.predict else None
         found, identity = await asyncio.gather(self.clients.search(request), self.clients.identity())
         prediction, prediction_error = await prediction_task if prediction_task else (None, None)
         result = found.results[0]
         hits = [hit_view(hit) for hit in result.hits]
-        plain = [_plain(hit) for hit in hits]
-        agreed = consensus(plain, params.rank)
-        top = prediction["predictions"][0]["name"] if prediction and prediction["predictions"] else None
+        agreed = consensus(hits, params.rank)
+        top = prediction.predictions[0].name if prediction and prediction.predictions else None
         # Everything the search service said about how it searched, without the hits themselves.
         details = {**found.model_dump(exclude={"results"}), **result.model_dump(exclude={"hits"})}
-        return SearchResult.model_validate(
-            {
-                "query": query.kind,
-                "query_id": query.query_id,
-                "label": query.label,
-                "text": query.label if query.kind == "text" else None,
-                "parameters": params,
-                "nprobe": found.nprobe,
-                "exhausted": result.exhausted,
-                "hits": hits,
-                "prediction": prediction,
-                "prediction_error": prediction_error,
-                "consensus": agreed,
-                "agreement": None if top is None or agreed is None else top == agreed["name"],
-                "tree": taxonomy_tree(plain),
-                "identity": Identity(**identity),
-                "permalink": permalink(query, params, identity),
-                "search": details,
-                "took_ms": round((time.perf_counter() - started) * 1000, 1),
-            }
+        return SearchResult(
+            query=query.kind,  # type: ignore[arg-type]
+            query_id=query.query_id,
+            label=query.label,
+            text=query.label if query.kind == "text" else None,
+            parameters=params,
+            nprobe=found.nprobe,
+            exhausted=result.exhausted,
+            hits=hits,
+            prediction=prediction,
+            prediction_error=prediction_error,
+            consensus=agreed,
+            agreement=None if top is None or agreed is None else top == agreed.name,
+            tree=taxonomy_tree(hits),
+            identity=Identity(**identity),
+            permalink=permalink(query, params, identity),
+            search=details,
+            took_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def _predict(self, query: CachedQuery, rank: str) -> tuple[dict[str, Any] | None, str | None]:
+    async def _predict(self, query: CachedQuery, rank: str) -> tuple[PredictionResult | None, str | None]:
         """A prediction, or why there is none: a prediction never fails the search it rides with."""
         try:
             answer = await self.clients.classify(query.vector.tolist(), rank, self.predictions)
-        except ServiceError as exc:
+        except DomainError as exc:
             return None, exc.message
         predictions = [
-            {
-                "name": p.name,
-                "rank": p.rank or rank,
-                "probability": p.probability,
-                "common_name": p.common_name,
-                "taxonomy": p.taxonomy.model_dump(by_alias=True) if p.taxonomy else None,
-            }
+            Prediction(
+                name=p.name,
+                rank=p.rank or rank,
+                probability=p.probability,
+                common_name=p.common_name,  # type: ignore[arg-type]
+                taxonomy=p.taxonomy,
+            )
             for p in (answer.results[0].predictions if answer.results else [])
         ]
-        return {"rank": rank, "predictions": predictions}, None
-
-
-def _plain(hit: HitView) -> dict[str, Any]:
-    return {"similarity": hit.similarity, "taxonomy": hit.taxonomy.model_dump(by_alias=True)}
+        return PredictionResult(rank=rank, predictions=predictions), None  # type: ignore[arg-type]
 
 
 def permalink(query: CachedQuery, params: SearchParameters, identity: dict[str, str | None]) -> str:
@@ -160,9 +141,12 @@ def permalink(query: CachedQuery, params: SearchParameters, identity: dict[str, 
     else:
         pairs.append(("q", query.query_id))
     defaults = SearchParameters()
-    for name in ("top_n", "nprobe", "scope", "min_similarity", "max_per_source", "max_per_species", "rank"):
+    for name in SearchParameters.model_fields:
         value = getattr(params, name)
-        if value is not None and value != getattr(defaults, name):
+        if name in ("filters", "predict") or value is None:
+            continue
+        # top_n always: the page's Results box shows it, so a reloaded link must say it, default or not.
+        if name == "top_n" or value != getattr(defaults, name):
             pairs.append((name, str(value)))
     if not params.predict:
         pairs.append(("predict", "false"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -30,9 +32,37 @@ class GatewaySettings(ServiceSettings):
     max_concurrent_images: int = Field(32, ge=1, description="Fetcher calls in flight at once.")
     searches_per_minute: int = Field(60, ge=1, description="Searches and exports one client may make per minute.")
     images_per_minute: int = Field(1200, ge=1, description="Image requests one client may make per minute.")
-    trust_forwarded_for: bool = Field(
-        False, description="Key rate limits on X-Forwarded-For (only behind a proxy that sets it)."
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (CIDR) of the reverse proxies in front of the gateway. "
+            "A request from one of them is taken to come from the address the proxy saw: the rightmost "
+            "X-Forwarded-For entry not itself a trusted proxy (uvicorn's proxy-headers rule). Empty: none "
+            "trusted, X-Forwarded-For ignored, rate limits key on the connecting address."
+        ),
     )
     predictions: int = Field(5, ge=1, le=50, description="Zero-shot predictions returned per search.")
+    preview_pixels: int = Field(
+        320, ge=16, le=2048, description="Longest side of the JPEG preview of an upload (POST /api/preview)."
+    )
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Largest upload decoded for a preview, in pixels; a larger JPEG is decoded at reduced scale.",
+    )
+    max_concurrent_previews: int = Field(2, ge=1, description="Previews decoded at once (each a thread).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        # uvicorn would take a mistyped entry as a literal name that never matches: refuse it here.
+        for entry in filter(None, (item.strip() for item in value.split(","))):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value

@@ -2,53 +2,51 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sequence
 
-RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+from gateway.schemas import Consensus, HitView, TreeNode
+from services.common.vocabulary import RANKS
 
-
-def taxon_at(taxonomy: dict[str, Any], rank: str) -> str | None:
-    """The name of a hit's taxon at `rank`; at species, the binomial (genus + epithet)."""
-    if rank == "species":
-        genus, epithet = taxonomy.get("genus"), taxonomy.get("species")
-        return f"{genus} {epithet}" if genus and epithet else None
-    return taxonomy.get(rank)
+logger = logging.getLogger(__name__)
 
 
-def consensus(hits: list[dict[str, Any]], rank: str) -> dict[str, Any] | None:
-    """The taxon at `rank` with the largest share of the hits' similarity (negatives count zero)."""
+def consensus(hits: Sequence[HitView], rank: str) -> Consensus | None:
+    """The taxon at `rank` with the largest share of the hits' similarity (negatives count zero).
+
+    At species, a taxon is the scientific name (the vocabulary's rule: genus and epithet)."""
     weights: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     total = 0.0
     for hit in hits:
-        weight = max(0.0, float(hit["similarity"]))
+        weight = max(0.0, float(hit.similarity))
         total += weight
-        name = taxon_at(hit["taxonomy"], rank)
+        name = hit.taxonomy.at(rank)
         if name:
             weights[name] += weight
             counts[name] += 1
     if not weights or total <= 0:
         return None
     name = max(weights, key=lambda key: (weights[key], counts[key]))
-    return {"rank": rank, "name": name, "share": round(weights[name] / total, 4), "hits": counts[name]}
+    return Consensus(rank=rank, name=name, share=round(weights[name] / total, 4), hits=counts[name])  # type: ignore[arg-type]
 
 
-def taxonomy_tree(hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def taxonomy_tree(hits: Sequence[HitView]) -> list[TreeNode]:
     """Nested kingdom -> species nodes with hit counts, largest first; unknown ranks are skipped."""
-    root: dict[str, Any] = {"children": {}}
+    root: dict[str, dict] = {}
     for hit in hits:
-        node = root
+        children = root
         for rank in RANKS:
-            name = taxon_at(hit["taxonomy"], rank)
+            name = hit.taxonomy.at(rank)
             if not name:
                 break
-            child = node["children"].setdefault(name, {"rank": rank, "name": name, "count": 0, "children": {}})
+            child = children.setdefault(name, {"rank": rank, "name": name, "count": 0, "children": {}})
             child["count"] += 1
-            node = child
+            children = child["children"]
 
-    def finish(children: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def finish(children: dict[str, dict]) -> list[TreeNode]:
         ordered = sorted(children.values(), key=lambda n: (-n["count"], n["name"]))
-        return [{**node, "children": finish(node["children"])} for node in ordered]
+        return [TreeNode(**{**node, "children": finish(node["children"])}) for node in ordered]
 
-    return finish(root["children"])
+    return finish(root)

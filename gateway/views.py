@@ -30,17 +30,7 @@ def _fields(record: Record) -> dict[str, object]:
     return {
         "record_id": record.id,
         "uuid": record.uuid,
-        "taxonomy": Taxonomy(
-            kingdom=record.kingdom,
-            phylum=record.phylum,
-            class_=record.class_,
-            order=record.order,
-            family=record.family,
-            genus=record.genus,
-            species=record.species,
-            scientific_name=record.scientific_name,
-            common_name=record.common_name,
-        ),
+        "taxonomy": Taxonomy.model_validate({**record.ranks(), "common_name": record.common_name}),
         "source_dataset": record.source_dataset,
         "source_id": record.source_id,
         "publisher": record.publisher,

@@ -33,3 +33,14 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium is not installed; the browser tests will be skipped (apt-get install chromium)"
   fi
 fi
+
+# The end-to-end tests run the reverse proxy (deploy/nginx) with Debian's nginx, as compose runs the official image.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's nginx for the proxy tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  else
+    echo "note: nginx is not installed; the proxy tests will be skipped (apt-get install nginx)"
+  fi
+fi

@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from services.common.vocabulary import RANKS
+
 
 @dataclass(frozen=True)
 class Species:
@@ -129,13 +131,11 @@ def generate_collection(
             draw_specimen(kind, rng).save(folder / relative, quality=90)
             dataset, publisher = PUBLISHERS[(number + index) % len(PUBLISHERS)]
             published = rng.random() >= 0.1
-            kingdom, phylum, class_, order, family, genus, epithet = kind.taxonomy
             rows.append(
                 {
                     "path": str(relative),
                     "url": f"{base_url.rstrip('/')}/{relative.as_posix()}" if published else "",
-                    "kingdom": kingdom, "phylum": phylum, "class": class_, "order": order,
-                    "family": family, "genus": genus, "species": epithet, "common_name": kind.common_name,
+                    **dict(zip(RANKS, kind.taxonomy, strict=True)), "common_name": kind.common_name,
                     "source_dataset": dataset, "source_id": str(4_000_000_000 + number), "publisher": publisher,
                     "img_type": "Image", "basisOfRecord": "HUMAN_OBSERVATION",
                     "in_bioclip2_training": rng.random() < 0.5,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from stack.ports import describe, listeners, owns_port
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +48,19 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
     def start(self) -> None:
         prefix = self.name.upper()
-        env = {**os.environ, f"{prefix}_PORT": str(self.port), f"{prefix}_HOST": "127.0.0.1", **self.env}
+        # The user's own HOST setting wins (the runner's url still reaches 0.0.0.0); the port is the one
+        # this object was given, already read from the environment where the caller wanted that.
+        env = {f"{prefix}_HOST": "127.0.0.1", **os.environ, f"{prefix}_PORT": str(self.port), **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         log = self.log_path.open("ab") if self.log_path else None
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=env,
+                self.command(), cwd=ROOT, env=env,
                 stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the runner only, which stops each child in order
             )  # fmt: skip
@@ -62,15 +69,29 @@ class ServiceProcess:
                 log.close()  # the child holds its own copy of the descriptor
 
     def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the process just started answers its readiness path with 200.
+
+        An answer counts only while that process is alive and is the one listening on the port:
+        a process left over from an earlier run on the same port would answer too.
+        """
+        assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.process.poll() is not None:
                 raise StartFailed(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
-                    return
+                answered = httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
+                answered = False
+            if answered:
+                if owns_port(self.process.pid, self.port):
+                    return
+                others = [pid for pid in listeners(self.port) if pid != self.process.pid]
+                if others:
+                    raise StartFailed(
+                        f"{self.name}: port {self.port} is answered by {describe(others[0])}, "
+                        f"not by the process just started (pid {self.process.pid})"
+                    )
             time.sleep(0.2)
         raise StartFailed(f"{self.name} was not ready after {timeout:.0f} s:\n{self.log_tail()}")
 

@@ -1,9 +1,11 @@
 """`make run`: the four services as local processes; the offline demo when no collection is configured.
 
-With SEARCH_DATA_DIR (or SEARCH_INDEX_PATH and SEARCH_METADATA_PATH) pointing at a collection, or
-one in ./data, it runs the services on it with the EMBEDDER_* model. Otherwise it first builds
-a small demo (generated photos, a tiny random-weights model, a local image source) under var/demo.
-Ctrl-C stops everything.
+With SEARCH_DATA_DIR (or SEARCH_INDEX_PATH and SEARCH_METADATA_PATH) pointing at a collection, it runs
+the services on it with the EMBEDDER_* model. Otherwise it looks at ./data (STACK_DATA_DIR): complete
+(`make data` finished: collection, labels, model) it serves that; partial, it says what is missing and
+the command that completes it, and stops; a collection of one's own without a lock file, it serves
+that with the EMBEDDER_* model; nothing, it first builds a small demo (generated photos, a tiny
+random-weights model, a local image source) under var/demo. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import sys
 import time
 from pathlib import Path
 
+from collection.state import DataState, data_state
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from stack.demo_collection import SPECIES, generate_collection, write_manifest
 from stack.demo_labels import write_species_labels
-from stack.processes import ROOT, ServiceProcess, StartFailed, service, stop_all
+from stack.ports import Claim, PortInUse, check_free
+from stack.processes import ROOT, SERVICES, ServiceProcess, StartFailed, service, stop_all
 from stack.tiny_model import write_tiny_model
 
 logger = logging.getLogger(__name__)
 
 DEMO_DIR = Path(os.environ.get("STACK_DEMO_DIR", ROOT / "var" / "demo"))
+DATA_DIR = Path(os.environ.get("STACK_DATA_DIR", ROOT / "data"))
 DEMO_SOURCE_PORT = int(os.environ.get("STACK_DEMO_SOURCE_PORT", "8010"))
 DEMO_PER_SPECIES = 25
 DEMO_NOTICE = (
@@ -35,9 +40,7 @@ DEMO_NOTICE = (
 
 
 def configured_collection() -> bool:
-    if os.environ.get("SEARCH_DATA_DIR") or os.environ.get("SEARCH_INDEX_PATH"):
-        return True
-    return (ROOT / "data" / INDEX_FILE).is_file()
+    return bool(os.environ.get("SEARCH_DATA_DIR") or os.environ.get("SEARCH_INDEX_PATH"))
 
 
 def build_demo(embedder: ServiceProcess, source_url: str) -> int:
@@ -54,11 +57,27 @@ def build_demo(embedder: ServiceProcess, source_url: str) -> int:
     if not (collection / INDEX_FILE).is_file() or not (collection / METADATA_FILE).is_file():
         logger.info("building the demo collection through the embedder")
         subprocess.run(
-            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+            [sys.executable, "-m", "collection", "build", "--manifest", str(manifest),
              "--embedder", embedder.url, "--out", str(collection)],
             cwd=ROOT, check=True,
         )  # fmt: skip
     return sum(1 for _ in manifest.open()) - 1
+
+
+def defaults(env: dict[str, str]) -> dict[str, str]:
+    """`env` less what the user has set: the runner's values are defaults, the user's settings win."""
+    return {key: value for key, value in env.items() if key not in os.environ}
+
+
+def claims(demo: bool) -> list[Claim]:
+    """Every port the run will listen on, as the services will read it from the environment."""
+    found = [
+        Claim(name, os.environ.get(f"{name.upper()}_HOST", "127.0.0.1"), service(name).port, f"{name.upper()}_PORT")
+        for name in SERVICES
+    ]
+    if demo:
+        found.append(Claim("demo-source", "127.0.0.1", DEMO_SOURCE_PORT, "STACK_DEMO_SOURCE_PORT"))
+    return found
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -69,7 +88,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(log_dir: Path) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     processes: list[ServiceProcess] = []
-    demo = not configured_collection()
+    data = DataState("configured", DATA_DIR) if configured_collection() else data_state(DATA_DIR)
+    if data.kind == "partial":
+        missing = "\n  ".join(data.missing)
+        logger.error("%s is incomplete; missing:\n  %s\nComplete it with: %s", DATA_DIR, missing, data.completion())
+        return 1
+    demo = data.kind == "absent"
 
     def start(process: ServiceProcess) -> ServiceProcess:
         processes.append(process)
@@ -79,7 +103,10 @@ def run(log_dir: Path) -> int:
         return process
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # Explicitly too: a runner started in the background by a shell inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
+        check_free(claims(demo))
         search_env: dict[str, str] = {}
         gateway_env: dict[str, str] = {}
         if demo:
@@ -95,29 +122,35 @@ def run(log_dir: Path) -> int:
                 )
             )  # fmt: skip
             labels = write_species_labels(DEMO_DIR / "labels", model)
-            embedder_env = {**model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)}
+            embedder_env = defaults({**model.env(), "EMBEDDER_TREE_OF_LIFE_DIR": str(labels)})
             embedder = start(service("embedder", env=embedder_env, log_dir=log_dir))
             records = build_demo(embedder, source.url)
             search_env["SEARCH_DATA_DIR"] = str(DEMO_DIR / "collection")
             gateway_env["GATEWAY_NOTICE"] = DEMO_NOTICE.format(records=records, species=len(SPECIES))
         else:
-            embedder = start(service("embedder", log_dir=log_dir))
-        search = start(service("search", env=search_env, log_dir=log_dir))
+            if data.kind == "complete":
+                logger.info("serving the downloaded data in %s", DATA_DIR)
+            elif data.kind == "own":
+                search_env["SEARCH_DATA_DIR"] = str(DATA_DIR)
+            embedder_env = defaults({k: v for k, v in data.env.items() if k != "SEARCH_DATA_DIR"})
+            embedder = start(service("embedder", env=embedder_env, log_dir=log_dir))
+            search_env |= {k: v for k, v in data.env.items() if k.startswith("SEARCH_")}
+        search = start(service("search", env=defaults(search_env), log_dir=log_dir))
         fetcher_env = {"FETCHER_CACHE_DIR": str(ROOT / "var" / "cache" / "fetcher")}
         if demo:
             # The demo's image source is on this machine; the fetcher refuses private addresses otherwise.
             fetcher_env["FETCHER_ALLOW_PRIVATE_NETWORKS"] = "127.0.0.0/8"
-        fetcher = start(service("fetcher", env=fetcher_env, log_dir=log_dir))
+        fetcher = start(service("fetcher", env=defaults(fetcher_env), log_dir=log_dir))
         for backend in (embedder, search, fetcher):
             gateway_env[f"GATEWAY_{backend.name.upper()}_URL"] = backend.url
-        gateway = start(service("gateway", env=gateway_env, log_dir=log_dir))
+        gateway = start(service("gateway", env=defaults(gateway_env), log_dir=log_dir))
         print(f"\nReady: open {gateway.url}/  (API docs: {gateway.url}/docs; logs in {log_dir}). Ctrl-C stops.\n")
         while all(p.process is not None and p.process.poll() is None for p in processes):
             time.sleep(0.5)
         failed = next(p for p in processes if p.process is not None and p.process.poll() is not None)
         logger.error("%s stopped unexpectedly:\n%s", failed.name, failed.log_tail())
         return 1
-    except StartFailed as exc:
+    except (PortInUse, StartFailed) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:

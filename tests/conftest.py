@@ -13,6 +13,7 @@ from PIL import Image
 
 from services.embedder.settings import EmbedderSettings
 from stack.tiny_model import TinyModel, write_tiny_model
+from tests.hub import LocalHub, Release, make_release, serve_hub
 from tests.sources import Source, start_source
 
 
@@ -77,4 +78,17 @@ def free_port() -> Callable[[], int]:
 def source(tmp_path: Path) -> Iterator[Source]:
     """A local HTTP image source whose routes each test programs."""
     with start_source(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> Release:
+    """A tiny release in the published repos' layouts: collection, TreeOfLife label files, the model."""
+    return make_release(tmp_path_factory.mktemp("release"), tiny_model)
+
+
+@pytest.fixture
+def hub(release: Release) -> Iterator[LocalHub]:
+    """The local Hugging Face hub on 127.0.0.1, publishing `release`."""
+    with serve_hub(release.publish(LocalHub())) as running:
         yield running

@@ -34,8 +34,10 @@ class Stack:
 
 
 @contextmanager
-def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
-    """Generate a collection, serve its images, build it through the embedder, start the rest."""
+def running_stack(work: Path, tiny_model: TinyModel, gateway_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Generate a collection, serve its images, build it through the embedder, start the rest.
+
+    `gateway_env` adds to (or replaces) the gateway's settings."""
     images, logs = work / "images", work / "logs"
     logs.mkdir()
     source, source_url = serve_in_thread(images)
@@ -51,7 +53,7 @@ def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
         embedder.start()
         embedder.wait_ready()
         build = subprocess.run(
-            [sys.executable, "-m", "services.search.build", "--manifest", str(manifest),
+            [sys.executable, "-m", "collection", "build", "--manifest", str(manifest),
              "--embedder", embedder.url, "--out", str(work / "collection"), "--batch-size", "8"],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -70,6 +72,7 @@ def running_stack(work: Path, tiny_model: TinyModel) -> Iterator[Stack]:
                 "GATEWAY_EMBEDDER_URL": embedder.url,
                 "GATEWAY_SEARCH_URL": search.url,
                 "GATEWAY_FETCHER_URL": fetcher.url,
+                **(gateway_env or {}),
             },
             log_dir=logs,
         )

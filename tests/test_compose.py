@@ -6,9 +6,11 @@ runner (stack/processes.py), and each image must get every file and package its 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import importlib.metadata
+import ipaddress
 import json
 import re
 import shlex
@@ -25,13 +27,17 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from collection.__main__ import COMMANDS as COLLECTION_COMMANDS
 from services.common.settings import ServiceSettings
 from stack.processes import READINESS_PATH, SERVICES
+from stack.proxy import DEFAULTS as PROXY_DEFAULTS
+from stack.proxy import TEMPLATE as PROXY_TEMPLATE
+from stack.proxy import nginx_available, render, variables
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
-FIRST_PARTY = {"services", "gateway", "stack", "tests", "bench"}
+FIRST_PARTY = {"services", "gateway", "stack", "tests", "bench", "collection"}
 BACKEND = [name for name in SERVICES if name != "gateway"]
 
 
@@ -315,8 +321,8 @@ def required_distributions(requirement_file: Path) -> set[str]:
 # --- the compose file as a whole -----------------------------------------------------------------
 
 
-def test_compose_defines_exactly_the_services_the_local_runner_starts() -> None:
-    assert set(load_compose()["services"]) == set(SERVICES)
+def test_compose_defines_the_services_the_local_runner_starts_the_proxy_and_the_one_shot_data_service() -> None:
+    assert set(load_compose()["services"]) == {*SERVICES, "proxy", "data"}
 
 
 def test_compose_uses_the_versionless_compose_spec() -> None:
@@ -335,16 +341,83 @@ def test_every_named_volume_a_service_mounts_is_declared() -> None:
     assert used == declared == {"model-cache", "image-cache", "search-cache"}
 
 
-def test_only_the_gateway_publishes_a_port_and_on_its_service_port() -> None:
-    for name in BACKEND:
+def test_only_the_proxy_publishes_a_port_and_on_the_gateway_port() -> None:
+    for name in SERVICES:
         service = compose_service(name)
         assert "ports" not in service, f"{name} must not be reachable from the host"
         assert [str(port) for port in service["expose"]] == [str(SERVICES[name][1])]
-    (published,) = compose_service("gateway")["ports"]
+    (published,) = compose_service("proxy")["ports"]
     address, host_port, container_port = interpolate(published).split(":")
-    assert int(container_port) == SERVICES["gateway"][1]
-    assert address == "127.0.0.1", "by default only this machine reaches the gateway"
-    assert int(host_port) == SERVICES["gateway"][1]
+    assert container_port == compose_env("proxy")["PROXY_LISTEN"]
+    assert address == "127.0.0.1", "by default only this machine reaches the proxy"
+    assert int(host_port) == SERVICES["gateway"][1], "users open the same address with or without the proxy"
+
+
+# --- the reverse proxy ---------------------------------------------------------------------------
+
+
+def test_proxy_is_the_official_nginx_image_at_a_pinned_version() -> None:
+    image = compose_service("proxy")["image"]
+    assert re.fullmatch(r"nginx:\d+\.\d+(\.\d+)?(-alpine)?", image), image
+    assert "build" not in compose_service("proxy")
+
+
+def test_proxy_renders_the_template_the_tests_run_in_place_of_the_images_default() -> None:
+    mount = f"./{PROXY_TEMPLATE.parent.relative_to(ROOT).as_posix()}:/etc/nginx/templates:ro"
+    assert compose_service("proxy")["volumes"] == [mount]
+    # The image writes templates/X.template to conf.d/X: default.conf replaces the image's own server.
+    assert PROXY_TEMPLATE.name == "default.conf.template"
+    assert [p.name for p in PROXY_TEMPLATE.parent.iterdir()] == [PROXY_TEMPLATE.name]
+
+
+def test_proxy_gives_the_template_every_variable_with_the_values_the_tests_use() -> None:
+    env = compose_env("proxy")
+    template = PROXY_TEMPLATE.read_text()
+    given = {key for key in env if key.startswith("PROXY_")}
+    assert given == variables(template), "compose and the template name different variables"
+    assert re.match(env["NGINX_ENVSUBST_FILTER"], "PROXY_LISTEN")
+    assert not re.match(env["NGINX_ENVSUBST_FILTER"], "HOSTNAME"), "only the template's own names are filled in"
+    assert {key: env[key] for key in PROXY_DEFAULTS} == PROXY_DEFAULTS
+    assert int(env["PROXY_MAX_BODY_BYTES"]) == settings_class("gateway").model_fields["max_upload_bytes"].default
+    assert env["PROXY_UPSTREAM"].split()[0] == f"gateway:{SERVICES['gateway'][1]}"
+
+
+def test_gateway_trusts_forwarded_for_from_the_proxys_fixed_address_only() -> None:
+    (subnet,) = [interpolate(c["subnet"]) for c in load_compose()["networks"]["default"]["ipam"]["config"]]
+    address = interpolate(compose_service("proxy")["networks"]["default"]["ipv4_address"])
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    assert effective_env("gateway")["GATEWAY_TRUSTED_PROXIES"] == address
+    # Both follow one variable, so moving the proxy cannot leave the gateway trusting another address.
+    assert (
+        compose_service("gateway")["environment"]["GATEWAY_TRUSTED_PROXIES"]
+        == (compose_service("proxy")["networks"]["default"]["ipv4_address"])
+    )
+
+
+def test_proxy_starts_once_the_gateway_is_healthy_and_checks_through_to_it() -> None:
+    proxy = compose_service("proxy")
+    assert proxy["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert proxy["restart"] == "unless-stopped"
+    url = urlsplit(proxy["healthcheck"]["test"][-1])
+    assert (url.hostname, str(url.port), url.path) == ("127.0.0.1", compose_env("proxy")["PROXY_LISTEN"], "/healthz")
+
+
+@pytest.mark.skipif(not nginx_available(), reason="nginx is not installed (scripts/install.sh installs it)")
+def test_proxy_config_with_composes_values_passes_nginxs_own_check(tmp_path: Path) -> None:
+    values = compose_env("proxy")
+    # This machine's nginx may predate `resolve`, and cannot look up `gateway`: the rest is compose's.
+    values |= {"PROXY_UPSTREAM": "127.0.0.1:8000", "PROXY_RESOLVER": "127.0.0.1"}
+    (tmp_path / "default.conf").write_text(render(PROXY_TEMPLATE.read_text(), values))
+    config = tmp_path / "nginx.conf"
+    config.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    include {tmp_path}/default.conf;\n}}\n"
+    )
+    checked = subprocess.run(
+        ["nginx", "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_gateway_reaches_each_service_by_its_compose_name_and_port() -> None:
@@ -542,3 +615,80 @@ def test_dockerignore_keeps_what_the_image_copies(name: str) -> None:
 )
 def test_dockerignore_keeps_local_state_out_of_the_build_context(path: str) -> None:
     assert is_ignored(path, dockerignore_patterns())
+
+
+# --- the one-shot data service -------------------------------------------------------------------
+
+
+def data_command() -> argparse.Namespace:
+    """The data service's command, parsed by the real `python -m collection` parser."""
+    command = compose_service("data")["command"]
+    assert command[:3] == ["python", "-m", "collection"]
+    assert image_of("data").cmd == command
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in COLLECTION_COMMANDS.items():
+        module.add_arguments(commands.add_parser(name))
+    args = parser.parse_args(command[3:])
+    assert args.command == "download"
+    return args
+
+
+def mounts(name: str) -> dict[str, str]:
+    """Container path -> source (a named volume or a host path) of a service's volumes."""
+    found = {}
+    for volume in compose_service(name).get("volumes", []):
+        source, target = volume.split(":")[:2]
+        found[target] = source
+    return found
+
+
+def test_data_service_downloads_into_the_folders_search_and_the_embedder_read() -> None:
+    args = data_command()
+    data, search, embedder = mounts("data"), mounts("search"), mounts("embedder")
+    search_env, embedder_env = effective_env("search"), effective_env("embedder")
+    assert data[str(args.data_dir)] == search[search_env["SEARCH_DATA_DIR"]] == "./data"
+    assert data[str(args.model_cache)] == embedder[embedder_env["EMBEDDER_CACHE_DIR"]] == "model-cache"
+    assert data[str(args.search_cache)] == search[search_env["SEARCH_CACHE_DIR"]] == "search-cache"
+    assert embedder[embedder_env["EMBEDDER_TREE_OF_LIFE_DIR"]] == "./data"
+    assert not any(v.endswith(":ro") for v in compose_service("data")["volumes"]), "the data service writes"
+    assert compose_service("data")["restart"] == "no"
+
+
+def test_search_and_embedder_wait_for_the_data_service_to_succeed() -> None:
+    for name in ("search", "embedder"):
+        assert compose_service(name)["depends_on"] == {"data": {"condition": "service_completed_successfully"}}
+    assert "healthcheck" not in compose_service("data"), "a one-shot job is waited on by its exit, not its health"
+
+
+def test_data_service_passes_the_hub_settings_through() -> None:
+    env = compose_service("data")["environment"]
+    for name in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        assert f"${{{name}" in env[name], f"{name} must come from the host's environment"
+
+
+def test_data_image_has_the_code_and_packages_the_download_needs() -> None:
+    image = image_of("data")
+    files, third_party = code_closure("collection")
+    assert ROOT / "collection/download.py" in files and "huggingface_hub" in third_party
+    assert not [str(p.relative_to(ROOT)) for p in files if not copied(p, image)]
+    assert image.requirement_files == ["requirements/collection.txt"]
+    installed = required_distributions(ROOT / "requirements/collection.txt")
+    distributions = importlib.metadata.packages_distributions()
+    missing = [top for top in third_party if not {normalise(d) for d in distributions.get(top, [top])} & installed]
+    assert not missing
+    patterns = dockerignore_patterns()
+    assert not [s for s in image.copy_sources if is_ignored(s, patterns)]
+
+
+DOCKERFILES = sorted(ROOT.glob("*/Dockerfile")) + sorted(ROOT.glob("services/*/Dockerfile"))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    done = subprocess.run(
+        [str(hadolint), "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

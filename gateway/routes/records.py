@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -10,7 +10,9 @@ from fastapi.responses import Response
 from gateway.dependencies import ClientsDep, limit_images
 from gateway.schemas import RecordView
 from gateway.views import record_view
-from services.common.errors import ErrorResponse, NotFound
+from services.common.errors import NotFound
+from services.common.http_errors import ErrorResponse
+from services.common.vocabulary import ImageSize
 
 router = APIRouter(prefix="/api", tags=["records"])
 
@@ -34,7 +36,7 @@ async def image(
     record_id: RecordId,
     clients: ClientsDep,
     request: Request,
-    size: Annotated[Literal["thumb", "medium", "full"], Query(description="thumb, medium or full.")] = "thumb",
+    size: Annotated[ImageSize, Query(description="thumb, medium or full.")] = "thumb",
 ) -> Response:
     """A record's image, fetched from its source by the fetcher. The browser never names a URL."""
     found = await clients.record(record_id)

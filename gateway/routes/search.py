@@ -17,7 +17,8 @@ from gateway.export import hits_csv, hits_json
 from gateway.query_cache import CachedQuery
 from gateway.schemas import QueryRequest, SearchParameters, SearchResult, TaxonFilter
 from gateway.searching import Searcher, Upload
-from services.common.errors import BadRequest, ErrorResponse
+from services.common.errors import InvalidInput, UnsupportedMediaType
+from services.common.http_errors import ErrorResponse
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
@@ -108,15 +109,13 @@ async def search(request: Request, searcher: SearcherDep) -> SearchResult:
         try:
             raw = json.loads(await request.body() or b"null")
         except ValueError as exc:
-            raise BadRequest("the body is not valid JSON", code="invalid_json") from exc
+            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
         if not isinstance(raw, dict):
-            raise BadRequest("the JSON body must be an object", code="invalid_json")
+            raise InvalidInput("the JSON body must be an object", code="invalid_json")
         body = _validated(QueryRequest, raw)
         return await searcher.run(await _from_request(searcher, body), body)
-    raise BadRequest(
-        "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json",
-        code="unsupported_media_type",
-        status_code=415,
+    raise UnsupportedMediaType(
+        "send photos as multipart/form-data (field `image`) or a text, record_id or query_id as application/json"
     )
 
 
@@ -136,9 +135,8 @@ async def search_by_link(
     fields = _fields(request.query_params, {"q", "text", "record", "format", "download", "model", "index"})
     body = _validated(QueryRequest, {**fields, "query_id": q, "text": text, "record_id": record})
     result = await searcher.run(await _from_request(searcher, body), body)
-    dumped = result.model_dump(mode="json", by_alias=True)
     filename = f"bioclip-search-{result.query_id[:16]}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if download else {}
     if format == "csv":
-        return Response(hits_csv(dumped["hits"]), media_type="text/csv; charset=utf-8", headers=headers)
-    return Response(hits_json(dumped), media_type="application/json", headers=headers)
+        return Response(hits_csv(result.hits), media_type="text/csv; charset=utf-8", headers=headers)
+    return Response(hits_json(result), media_type="application/json", headers=headers)

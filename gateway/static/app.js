@@ -6,17 +6,13 @@
 (() => {
   const API = "/api";
 
-  const SCOPE_PHRASES = {
-    all: "all records",
-    url_only: "records with an image URL",
-    inaturalist: "iNaturalist records",
-    bioclip2_training: "BioCLIP-2 training records",
-  };
-
-  // Taxonomy ranks, from broad to specific.
-  const RANKS = ["kingdom", "phylum", "class", "order", "family", "genus", "species"];
-  // The ranks a taxon filter may name (the API's FilterRank).
-  const FILTER_RANKS = [...RANKS, "common_name"];
+  // The field's terms come from the server (GET /api/vocabulary), never repeated here:
+  // taxonomy ranks from broad to specific, the ranks a filter may name, each scope's phrase,
+  // and each parameter's default and bounds. Set by loadVocabulary() before anything runs.
+  let RANKS = [];
+  let FILTER_RANKS = [];
+  let SCOPE_PHRASES = {};
+  let DEFAULTS = {};
   // Parameters a permalink may carry that the page has no control for; kept so re-runs keep them.
   const PASSED_THROUGH = ["max_per_source", "max_per_species", "predict"];
 
@@ -120,10 +116,10 @@
   // (genus and below are; family and above are not).
   function bestName(taxonomy) {
     const t = taxonomy || {};
+    // The server names a species by the vocabulary's one rule (genus and epithet): not redone here.
     if (t.scientific_name) return { text: t.scientific_name, italic: true };
-    if (t.genus && t.species) return { text: `${t.genus} ${t.species}`, italic: true };
     if (t.genus) return { text: `${t.genus} sp.`, italic: true };
-    for (const rank of ["family", "order", "class", "phylum", "kingdom"]) {
+    for (const rank of RANKS.slice(0, RANKS.indexOf("genus")).reverse()) {
       if (t[rank]) return { text: t[rank], italic: false, rank };
     }
     return { text: "Unidentified", italic: false };
@@ -250,9 +246,9 @@
   // so a bad value is reported here rather than as a 422 from the server.
   function readOptions() {
     const checks = [
-      [els.topN, "Results must be a whole number from 1 to 200."],
-      [els.nprobe, "nprobe must be a whole number of at least 1, or blank."],
-      [els.minSimilarity, "Min. similarity must be a number from -1 to 1, or blank."],
+      [els.topN, `Results must be a whole number from ${els.topN.min} to ${els.topN.max}.`],
+      [els.nprobe, `nprobe must be a whole number of at least ${els.nprobe.min}, or blank.`],
+      [els.minSimilarity, `Min. similarity must be a number from ${els.minSimilarity.min} to ${els.minSimilarity.max}, or blank.`],
     ];
     for (const [input, message] of checks) {
       if (!input.checkValidity()) {
@@ -271,7 +267,7 @@
     }
     const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
     return {
-      top_n: number(els.topN) ?? 24,
+      top_n: number(els.topN) ?? DEFAULTS.top_n,
       nprobe: number(els.nprobe),
       scope: els.scope.value,
       rank: els.rank.value,
@@ -344,6 +340,11 @@
   async function runSearch(query) {
     // Remember the query even if an option is invalid, so fixing the option re-runs it.
     current = query;
+    try {
+      await vocabularyReady; // the controls' bounds and defaults
+    } catch {
+      return;
+    }
     clearError();
     const options = readOptions();
     if (!options) return;
@@ -382,7 +383,15 @@
       current = query;
       sent = { query, controls: controlValues() };
       const result = await settle(run, query, response);
-      if (result) noteIdentity(params, result.identity);
+      if (result) {
+        // The controls show what the server searched with (a link may leave a parameter to its
+        // default), so the Results box matches the hits and the next change re-runs the same count.
+        if (result.parameters && run.live()) {
+          els.topN.value = String(result.parameters.top_n);
+          sent = { query, controls: controlValues() };
+        }
+        noteIdentity(params, result.identity);
+      }
     } catch (err) {
       failed(run, err);
     } finally {
@@ -793,6 +802,32 @@
     els.dropZone.classList.add("has-preview");
   }
 
+  // A photo the browser cannot show (HEIC outside Safari, TIFF): when its preview fails to decode, the
+  // gateway sends a JPEG of it, decoded as the search decodes it. Only the preview still showing that
+  // photo is replaced.
+  function previewViaGateway(img, file) {
+    const src = img.src;
+    const onLoad = () => img.removeEventListener("error", onError);
+    async function onError() {
+      img.removeEventListener("load", onLoad);
+      if (img.src !== src) return;
+      const form = new FormData();
+      form.append("image", file, file.name || "pasted image");
+      try {
+        const response = await fetch("/api/preview", { method: "POST", body: form });
+        if (!response.ok || img.src !== src) return;
+        const url = URL.createObjectURL(await response.blob());
+        previewUrls.push(url);
+        img.src = url;
+        img.hidden = false;
+      } catch {
+        // No preview then: the search itself says what is wrong with the photo.
+      }
+    }
+    img.addEventListener("error", onError, { once: true });
+    img.addEventListener("load", onLoad, { once: true });
+  }
+
   function useFiles(list) {
     const files = Array.from(list || []);
     if (!files.length) return;
@@ -810,6 +845,7 @@
     const label = files.length === 1 ? names : `${files.length} photos of one organism, searched together: ${names}`;
     showPreviews(images, label);
     previewUrls = images.map((image) => image.src);
+    [els.preview, ...els.previewMore.querySelectorAll("img")].forEach((img, n) => previewViaGateway(img, files[n]));
     els.textInput.value = "";
     runSearch({ kind: "image", files, queryId: null });
   }
@@ -842,7 +878,8 @@
     const set = (input, key) => {
       if (params.has(key)) input.value = params.get(key);
     };
-    set(els.topN, "top_n");
+    // A link without top_n means the default, which is what the server will use too.
+    els.topN.value = params.has("top_n") ? params.get("top_n") : String(DEFAULTS.top_n);
     set(els.nprobe, "nprobe");
     set(els.minSimilarity, "min_similarity");
     if (params.has("scope") && [...els.scope.options].some((o) => o.value === params.get("scope"))) set(els.scope, "scope");
@@ -855,6 +892,48 @@
     if (params.has("text")) els.textInput.value = params.get("text");
     if (params.has("record")) showPreviews([], `From record ${params.get("record")}.`);
     return true;
+  }
+
+  // ---------- the vocabulary ----------
+
+  function option(value, text, selected) {
+    const o = el("option", null, text);
+    o.value = value;
+    o.selected = selected;
+    return o;
+  }
+
+  // A parameter's default and bounds from its JSON schema (a nullable one keeps them in anyOf).
+  function schemaOf(parameters, name) {
+    const p = parameters[name] || {};
+    const typed = (p.anyOf || [p]).find((part) => part.type && part.type !== "null") || p;
+    return { default: p.default, minimum: typed.minimum, maximum: typed.maximum };
+  }
+
+  function setBounds(input, schema) {
+    if (schema.minimum !== undefined) input.min = String(schema.minimum);
+    if (schema.maximum !== undefined) input.max = String(schema.maximum);
+  }
+
+  // Fetches the terms and builds the controls from them: scope and rank options, bounds, defaults.
+  async function loadVocabulary() {
+    const response = await fetch(`${API}/vocabulary`);
+    if (!response.ok) throw new Error(`the vocabulary answered ${response.status}`);
+    const vocabulary = await response.json();
+    RANKS = vocabulary.ranks;
+    FILTER_RANKS = vocabulary.filter_ranks;
+    SCOPE_PHRASES = Object.fromEntries(vocabulary.scopes.map((scope) => [scope.name, scope.phrase]));
+    const parameters = vocabulary.parameters;
+    DEFAULTS = Object.fromEntries(Object.keys(parameters).map((name) => [name, parameters[name].default]));
+    els.scope.replaceChildren(...vocabulary.scopes.map((scope) => option(scope.name, scope.label, scope.name === DEFAULTS.scope)));
+    const capitalised = (rank) => rank.charAt(0).toUpperCase() + rank.slice(1);
+    els.rank.replaceChildren(...RANKS.map((rank) => option(rank, capitalised(rank), rank === DEFAULTS.rank)));
+    const topN = schemaOf(parameters, "top_n");
+    setBounds(els.topN, topN);
+    if (els.topN.value === "") els.topN.value = String(topN.default); // keep a number typed while loading
+    setBounds(els.nprobe, schemaOf(parameters, "nprobe"));
+    setBounds(els.minSimilarity, schemaOf(parameters, "min_similarity"));
+    $("filter-ranks").textContent = FILTER_RANKS.join(", ");
   }
 
   // ---------- service info ----------
@@ -886,6 +965,9 @@
     const count = index ? (index.metadata_rows ?? index.vectors) : null;
     if (typeof count === "number") parts.push(`${count.toLocaleString()} records`);
     else parts.push("index unavailable");
+    // A downloaded collection names its hub repo and pinned commit (the data folder's lock file).
+    const pin = index && index.collection;
+    if (pin && pin.repo && pin.commit) parts.push(`collection ${pin.repo} @ ${String(pin.commit).slice(0, 12)}`);
     return parts.join(" · ");
   }
 
@@ -992,10 +1074,25 @@
     els.detail.addEventListener("close", restoreFocus);
   }
 
-  wire();
-  // On a phone the tree would push the hits far down: it starts closed there.
-  if (window.matchMedia("(max-width: 800px)").matches) $("tree").open = false;
-  loadInfo();
-  const linked = new URLSearchParams(location.search);
-  if (applyLink(linked)) runLink(linked);
+  // Settled once the controls are built from the vocabulary; a search waits for it.
+  let vocabularyReady = null;
+
+  async function start() {
+    vocabularyReady = loadVocabulary();
+    wire();
+    // On a phone the tree would push the hits far down: it starts closed there.
+    if (window.matchMedia("(max-width: 800px)").matches) $("tree").open = false;
+    loadInfo();
+    try {
+      await vocabularyReady;
+    } catch (err) {
+      showError(`The page could not load its settings from the server (${err.message}). Reload to try again.`);
+      return;
+    }
+    document.body.dataset.ready = "true";
+    const linked = new URLSearchParams(location.search);
+    if (applyLink(linked)) runLink(linked);
+  }
+
+  start();
 })();

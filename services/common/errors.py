@@ -1,35 +1,24 @@
-"""The one error shape of every service and its mapping from exceptions to HTTP responses."""
+"""The domain errors every service's core raises: a stable `code` word and a message, no HTTP.
+
+Each kind below means one thing a caller can act on; a service subclasses them for its own
+errors (`UnknownRecord(NotFound)`). Which HTTP status a kind becomes is decided once, at each
+service's edge (services/common/http_errors.py), never here.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 logger = logging.getLogger(__name__)
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any | None = None
+class DomainError(Exception):
+    """A failure with a known meaning. `code` is the stable word clients see; `message` says what happened.
 
+    `retry_after`: seconds after which the same call may succeed (rate limits, budgets), else None.
+    """
 
-class ErrorResponse(BaseModel):
-    """What every non-2xx JSON answer of every service looks like."""
-
-    error: ErrorBody
-
-
-class ServiceError(Exception):
-    """A failure with a known HTTP meaning. Core modules raise these; one handler maps them."""
-
-    status_code = 500
     code = "internal"
 
     def __init__(
@@ -37,44 +26,98 @@ class ServiceError(Exception):
         message: str,
         *,
         code: str | None = None,
-        status_code: int | None = None,
         details: Any | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        if status_code is not None:
-            self.status_code = status_code
         self.details = details
-        self.headers = headers
+        self.retry_after = retry_after
 
 
-class BadRequest(ServiceError):
-    status_code = 400
+class InvalidInput(DomainError):
+    """The request is malformed or incomplete: a missing or empty part, too many items."""
+
     code = "bad_request"
 
 
-class NotFound(ServiceError):
-    status_code = 404
-    code = "not_found"
+class UnsupportedMediaType(DomainError):
+    """The request's content is of a type this call does not take."""
+
+    code = "unsupported_media_type"
 
 
-class Unprocessable(ServiceError):
-    status_code = 422
+class TooLarge(DomainError):
+    """The request is larger than this service takes."""
+
+    code = "too_large"
+
+
+class InvalidValue(DomainError):
+    """The request is well-formed but a value in it cannot be used (a vector, a clade)."""
+
     code = "unprocessable"
 
 
-class NotReady(ServiceError):
-    status_code = 503
+class DimensionMismatch(InvalidValue):
+    """A vector's length is not the dimension of the model or index it is meant for."""
+
+    code = "dimension_mismatch"
+
+
+class InvalidVector(InvalidValue):
+    """A vector with NaN, infinity or only zeros: it has no direction."""
+
+    code = "invalid_vector"
+
+
+class Forbidden(DomainError):
+    """The request asks for something this service will not do (a blocked address)."""
+
+    code = "forbidden"
+
+
+class NotFound(DomainError):
+    """The thing asked for does not exist here."""
+
+    code = "not_found"
+
+
+class Expired(DomainError):
+    """The thing asked for existed but is no longer held."""
+
+    code = "expired"
+
+
+class RateLimited(DomainError):
+    """Too many calls; `retry_after` says when the next one may go."""
+
+    code = "rate_limited"
+
+
+class NotSupported(DomainError):
+    """This service cannot do that with what it holds (e.g. give back a vector its index does not keep)."""
+
+    code = "not_supported"
+
+
+class Unavailable(DomainError):
+    """The service cannot do this now or as configured."""
+
+    code = "unavailable"
+
+
+class NotReady(Unavailable):
+    """Start-up has not finished: the heavy resources are still loading."""
+
     code = "not_ready"
 
 
-class UpstreamError(ServiceError):
-    """A service this one depends on failed; the message names it."""
+class DependencyFailed(DomainError):
+    """A service this one depends on failed; `service` names it and the message says how."""
 
-    status_code = 502
     code = "upstream_error"
 
     def __init__(self, service: str, message: str, **kwargs: Any) -> None:
@@ -82,59 +125,13 @@ class UpstreamError(ServiceError):
         self.service = service
 
 
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-}
+class DependencyUnavailable(DependencyFailed):
+    """A service this one depends on refused the connection or said it is unavailable."""
+
+    code = "upstream_unavailable"
 
 
-def error_response(
-    status_code: int,
-    code: str,
-    message: str,
-    details: Any | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
+class DependencyTimeout(DependencyFailed):
+    """A service this one depends on did not answer in time."""
 
-
-def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
-        problems.append({"field": where, "problem": err.get("msg", "invalid")})
-    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
-    return summary or "invalid request", problems
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Every exception leaves as the JSON error shape; a bug is a 500 without a traceback."""
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status_code >= 500:
-            logger.warning("%s %s -> %s %s", request.method, request.url.path, exc.status_code, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, problems = _describe_validation(exc)
-        return error_response(422, "invalid_request", message, problems)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the service log has the details")
+    code = "upstream_timeout"

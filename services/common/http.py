@@ -1,4 +1,4 @@
-"""The httpx client every service makes once, and the one mapping of its failures to HTTP errors."""
+"""The httpx client every service makes once, and the one reading of its failures as domain errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ from contextlib import contextmanager
 
 import httpx
 
-from services.common.errors import ServiceError, UpstreamError
+from services.common.errors import (
+    DependencyFailed,
+    DependencyTimeout,
+    DependencyUnavailable,
+    DomainError,
+    Expired,
+    Forbidden,
+    InvalidInput,
+    InvalidValue,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from services.common.logging import REQUEST_ID_HEADER, current_request_id
 
 
@@ -39,25 +52,46 @@ def make_async_client(
     )
 
 
+# A service's 4xx is the caller's mistake: passed on as the same kind, so it leaves with the same status.
+_CALLER_ERRORS: dict[int, type[DomainError]] = {
+    400: InvalidInput,
+    403: Forbidden,
+    404: NotFound,
+    410: Expired,
+    413: TooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidValue,
+    429: RateLimited,
+}
+
+
 @contextmanager
 def upstream(service: str) -> Iterator[None]:
-    """Map transport failures talking to `service`: timeout -> 504, refused -> 503, other -> 502."""
+    """Transport failures talking to `service` as domain errors: timeout, refused, other."""
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise UpstreamError(
-            service, f"the {service} service did not answer in time", code=f"{service}_timeout", status_code=504
+        raise DependencyTimeout(
+            service, f"the {service} service did not answer in time", code=f"{service}_timeout"
         ) from exc
     except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-        raise UpstreamError(
-            service, f"the {service} service is unavailable ({exc})", code=f"{service}_unavailable", status_code=503
+        raise DependencyUnavailable(
+            service, f"the {service} service is unavailable ({exc})", code=f"{service}_unavailable"
         ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(service, f"the {service} service failed: {exc}", code=f"{service}_error") from exc
+        raise DependencyFailed(service, f"the {service} service failed: {exc}", code=f"{service}_error") from exc
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
 
 
 def raise_for_upstream(service: str, response: httpx.Response) -> None:
-    """Pass a service's 4xx on to our caller as it is (their mistake); a 5xx becomes ours, naming it."""
+    """Pass a service's 4xx on to our caller as the same kind and code (their mistake); a 5xx becomes
+    ours, naming the service: unavailable (503), timeout (504) or failed (other)."""
     if response.status_code < 400:
         return
     try:
@@ -66,9 +100,7 @@ def raise_for_upstream(service: str, response: httpx.Response) -> None:
     except (ValueError, KeyError, TypeError):
         code, message = "error", response.text[:200] or response.reason_phrase
     if response.status_code < 500:
-        headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else None
-        raise ServiceError(message, code=code, status_code=response.status_code, headers=headers)
-    status = 503 if response.status_code == 503 else 504 if response.status_code == 504 else 502
-    raise UpstreamError(
-        service, f"the {service} service failed: {message}", code=f"{service}_{code}", status_code=status
-    )
+        kind = _CALLER_ERRORS.get(response.status_code, InvalidInput)
+        raise kind(message, code=code, retry_after=_retry_after(response))
+    failure = {503: DependencyUnavailable, 504: DependencyTimeout}.get(response.status_code, DependencyFailed)
+    raise failure(service, f"the {service} service failed: {message}", code=f"{service}_{code}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import error_response
+from services.common.http_errors import error_response
 
 
 class BodySizeLimitMiddleware:

@@ -21,7 +21,11 @@ def serve(service: str, create_app: Callable[[Any], FastAPI], settings: ServiceS
     configure_logging(service, settings.log_level)
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+        # proxy_headers off: uvicorn would otherwise trust X-Forwarded-For from 127.0.0.1, i.e. from any
+        # local client; the gateway applies it itself, from GATEWAY_TRUSTED_PROXIES only.
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None, access_log=False, proxy_headers=False
+        )
     )
     app.state.stop_server = lambda: setattr(server, "should_exit", True)
     server.run()

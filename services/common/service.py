@@ -8,13 +8,13 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.common.errors import install_error_handlers
+from services.common.http_errors import StatusTable, install_error_handlers
 from services.common.limits import BodySizeLimitMiddleware
 from services.common.logging import RequestIdMiddleware
 
@@ -87,6 +87,30 @@ class _MetricsMiddleware:
             self.metrics.latency.labels(self.metrics.service, method, route).observe(time.perf_counter() - started)
 
 
+def operations_router(service: str, metrics: _Metrics) -> APIRouter:
+    """/healthz, /readyz and /metrics, the same in every service."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """The process is alive and answering."""
+        return Health(service=service)
+
+    @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Heavy resources are loaded and the service can do its work."""
+        ready = bool(request.app.state.ready)
+        body = Readiness(ready=ready, service=service, reason=None if ready else request.app.state.not_ready_reason)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
+
+    @router.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Request counts and latencies in Prometheus text format."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
 def create_service_app(
     service: str,
     *,
@@ -95,10 +119,12 @@ def create_service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     description: str = "",
     max_body_bytes: int | None = None,
+    errors: StatusTable | None = None,
 ) -> FastAPI:
     """A FastAPI app with the parts every service shares. Readiness reads `app.state.ready`.
 
-    `max_body_bytes` refuses larger request bodies with 413 while they stream in.
+    `max_body_bytes` refuses larger request bodies with 413 while they stream in. `errors` maps the
+    service's own domain errors to HTTP statuses, on top of the shared kinds (services/common/http_errors.py).
     """
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     app.state.ready = False
@@ -106,7 +132,7 @@ def create_service_app(
     # Set by an app that cannot go on after start-up; `serve` then stops it and exits with 1.
     app.state.fatal_error = None
     app.state.stop_server = None
-    install_error_handlers(app)
+    install_error_handlers(app, errors)
     metrics = _Metrics(service)
     # Added innermost first: request ids and metrics also cover the 413s of the size limit.
     if max_body_bytes is not None:
@@ -114,21 +140,5 @@ def create_service_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
 
-    @app.get("/healthz", response_model=Health, tags=["operations"])
-    async def healthz() -> Health:
-        """The process is alive and answering."""
-        return Health(service=service)
-
-    @app.get("/readyz", response_model=Readiness, tags=["operations"], responses={503: {"model": Readiness}})
-    async def readyz(request: Request) -> JSONResponse:
-        """Heavy resources are loaded and the service can do its work."""
-        ready = bool(request.app.state.ready)
-        body = Readiness(ready=ready, service=service, reason=None if ready else request.app.state.not_ready_reason)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
-
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def prometheus_metrics() -> Response:
-        """Request counts and latencies in Prometheus text format."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(operations_router(service, metrics))
     return app

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import Unprocessable
-from services.embedder.labels import RANKS, SPECIES, TreeOfLife, scientific_name
+from services.common.errors import DimensionMismatch, InvalidVector
+from services.common.vocabulary import RANKS, name_key
+from services.embedder.errors import InvalidClade, UnknownClade
+from services.embedder.labels import SPECIES, TreeOfLife, species_name
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +34,11 @@ def check_vectors(vectors: Sequence[Sequence[float]], dim: int) -> np.ndarray:
     """(B, dim) float32 unit vectors, or the caller's mistake named."""
     for index, vector in enumerate(vectors):
         if len(vector) != dim:
-            raise Unprocessable(
-                f"vector {index} has {len(vector)} values; this model's vectors have {dim}",
-                code="dimension_mismatch",
-            )
+            raise DimensionMismatch(f"vector {index} has {len(vector)} values; this model's vectors have {dim}")
     array = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(array, axis=1)
     if not np.all(np.isfinite(array)) or not np.all(norms > 0):
-        raise Unprocessable("vectors must be finite and not all zeros", code="invalid_vector")
+        raise InvalidVector("vectors must be finite and not all zeros")
     return array / norms[:, None]
 
 
@@ -76,9 +75,9 @@ def _top(scores: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np
 def clade_mask(tree: TreeOfLife, rank: str, value: str) -> np.ndarray:
     """Which species lie within the clade `value` at `rank` (any group of that name, case-insensitive)."""
     depth = RANKS.index(rank)
-    groups = tree.ranks[depth].by_name.get(value.strip().lower())
+    groups = tree.ranks[depth].by_name.get(name_key(value))
     if not groups:
-        raise Unprocessable(f"no species of {rank} {value!r} among the labels", code="unknown_clade")
+        raise UnknownClade(f"no species of {rank} {value!r} among the labels")
     return np.isin(tree.ranks[depth].ids, np.asarray(groups, dtype=np.int32))
 
 
@@ -96,9 +95,7 @@ def predict_tree_of_life(
     allowed = None
     if clade is not None:
         if RANKS.index(clade[0]) >= depth:
-            raise Unprocessable(
-                f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})", code="invalid_clade"
-            )
+            raise InvalidClade(f"the clade's rank ({clade[0]}) must be above the rank predicted ({rank})")
         allowed = clade_mask(tree, *clade)
     probs = probabilities(vectors, tree.matrix, scale, allowed)
     groups = tree.ranks[depth]
@@ -110,7 +107,7 @@ def predict_tree_of_life(
         for group in _top(sums, k, candidates):
             path = groups.paths[group]
             if depth == SPECIES:
-                name = scientific_name(path)
+                name = species_name(path)
                 common = tree.common_names[int(groups.first[group])]
             else:
                 name, common = path[depth], None

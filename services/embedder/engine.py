@@ -1,19 +1,23 @@
 """The embedder's core: the loaded model, its batcher and its label sets, behind the calls the routes make.
 
-Blocking work (decoding, preprocessing, torch, the label matrix) goes through `offload`, the app's
-bounded thread pool; forward passes of concurrent requests are batched together.
+Decoding and preprocessing go through `offload`, the app's bounded thread pool, one torch thread each;
+forward passes (batched across concurrent requests) and text passes run on one thread of their own with
+all the model's torch threads, so that they never queue behind decoding for a pool slot and only one
+team of torch threads computes at a time (docs/benchmarks/embedder.md has the profile behind this).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from services.common.errors import BadRequest, ServiceError, Unprocessable
+from services.common.errors import InvalidInput
 from services.common.images import InvalidImage, decode_image
 from services.common.schemas.embedder import (
     Clade,
@@ -24,15 +28,55 @@ from services.common.schemas.embedder import (
     Prediction,
     Taxonomy,
 )
+from services.common.settings import setting
+from services.common.vocabulary import RANKS, clean
 from services.embedder import classify
 from services.embedder.batching import Batcher
-from services.embedder.labels import RANKS, LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
+from services.embedder.errors import LabelsNotConfigured
+from services.embedder.labels import LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
 from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 Offload = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
+
+
+class ModelThread:
+    """The one thread that runs the model, with `threads` torch threads; everything else runs with one.
+
+    torch's thread count is per calling thread (OpenMP), so each side sets its own before it computes: the
+    decoding threads' tensor transforms then do not start a second team of threads beside the forward's on
+    cores it already fills.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    def _call(self, func: Callable[..., T], *args: Any) -> T:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return func(*args)
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Run `func(*args)` on the model thread and await it from the event loop."""
+        return await asyncio.wrap_future(self._executor.submit(self._call, func, *args))
+
+    def call(self, func: Callable[..., T], *args: Any) -> T:
+        """Run `func(*args)` on the model thread from another (blocking) thread and wait for it."""
+        return self._executor.submit(self._call, func, *args).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def single_threaded(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` with one torch thread in this (pool) thread: preprocessing beside the model's passes."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return func(*args)
 
 
 def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife | None]:
@@ -43,10 +87,10 @@ def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife 
         try:
             tree = load_tree_of_life(settings.tree_of_life_dir)
         except LabelsError as exc:
-            raise ModelLoadError(f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir}: {exc}") from exc
+            raise ModelLoadError(f"{setting('tree_of_life_dir')}={settings.tree_of_life_dir}: {exc}") from exc
         if tree.dim != model.dim:
             raise ModelLoadError(
-                f"EMBEDDER_TREE_OF_LIFE_DIR={settings.tree_of_life_dir} holds {tree.dim}-d text vectors but "
+                f"{setting('tree_of_life_dir')}={settings.tree_of_life_dir} holds {tree.dim}-d text vectors but "
                 f"{settings.model} makes {model.dim}-d ones: the labels were made with another model"
             )
     return model, tree
@@ -60,6 +104,7 @@ class Embedder:
         self.tree = tree
         self.settings = settings
         self.offload = offload
+        self.model_thread = ModelThread(settings.torch_threads or torch.get_num_threads())
         self.batcher: Batcher[torch.Tensor, np.ndarray] = Batcher(
             self._run_batch, max_size=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
         )
@@ -67,6 +112,7 @@ class Embedder:
 
     async def close(self) -> None:
         await self.batcher.close()
+        self.model_thread.close()
         stats = self.batcher.stats
         if stats.batches:
             logger.info(
@@ -78,47 +124,46 @@ class Embedder:
             )
 
     async def _run_batch(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
-        return await self.offload(self.model.embed_batch, inputs)
+        return await self.model_thread.run(self.model.embed_batch, inputs)
 
     def _embed_labels(self, labels: list[str]) -> np.ndarray:
-        return self.model.embed_labels(labels, self.settings.label_templates)
+        # Called from a pool thread (classify's prediction): the text passes still run on the model thread.
+        return self.model_thread.call(self.model.embed_labels, labels, self.settings.label_templates)
 
     def _prepare(self, data: bytes, name: str) -> torch.Tensor:
         try:
-            image = decode_image(data, name, self.settings.max_image_pixels)
+            # Both preprocessings resize so that the shortest side becomes the model's size: a large JPEG is
+            # decoded straight at the smallest scale that still covers it.
+            image = decode_image(data, name, self.settings.max_image_pixels, shortest_side=self.model.image_size)
         except InvalidImage as exc:
-            error = BadRequest if exc.code == "empty_file" else Unprocessable
-            raise error(exc.message, code=exc.code) from exc
+            raise exc.as_domain_error() from exc
         return self.model.prepare(image)
 
     async def embed_images(self, uploads: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(n, dim) unit vectors for (name, bytes) uploads, in order; each image decoded once, in the pool."""
         limit = self.settings.max_images_per_request
         if len(uploads) > limit:
-            raise BadRequest(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
+            raise InvalidInput(f"{len(uploads)} images in one request; the limit is {limit}", code="too_many_images")
         # Announced before decoding, so that a forward pass about to start waits for these images.
         with self.batcher.incoming(len(uploads)) as reservation:
-            inputs = [await self.offload(self._prepare, data, name) for name, data in uploads]
+            inputs = [await self.offload(single_threaded, self._prepare, data, name) for name, data in uploads]
             return np.stack(await reservation.submit(inputs))
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        cleaned = [text.strip() for text in texts]
+        # The vocabulary's cleaning: a text of only a BOM, zero-width or control characters is blank too.
+        cleaned = [clean(text) for text in texts]
         if not all(cleaned):
-            raise BadRequest("texts must not be empty or blank", code="empty_text")
-        return await self.offload(self.model.embed_texts, cleaned)
+            raise InvalidInput("texts must not be empty or blank", code="empty_text")
+        return await self.model_thread.run(self.model.embed_texts, cleaned)
 
     def _check(self, params: ClassifyParameters) -> None:
         if params.labels is not None and len(params.labels) > self.settings.max_labels_per_request:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{len(params.labels)} labels; the limit is {self.settings.max_labels_per_request}",
                 code="too_many_labels",
             )
         if params.labels is None and self.tree is None:
-            raise ServiceError(
-                "no TreeOfLife labels are loaded here (EMBEDDER_TREE_OF_LIFE_DIR is unset): send `labels`",
-                code="labels_not_configured",
-                status_code=503,
-            )
+            raise LabelsNotConfigured("no TreeOfLife labels are loaded here: send `labels`")
 
     async def classify_vectors(
         self, params: ClassifyParameters, vectors: Sequence[Sequence[float]]
@@ -172,6 +217,7 @@ class Embedder:
 
     def info(self) -> ModelInfo:
         model = self.model
+        choice = model.choice
         return ModelInfo(
             model=model.name,
             architecture=model.architecture,
@@ -185,8 +231,13 @@ class Embedder:
             std=model.std,
             device=str(model.device),
             precision=model.precision,
+            precision_requested=choice.requested if choice else None,
+            precision_reason=choice.reason if choice else None,
+            cpu_capability=choice.cpu_capability if choice else None,
+            precision_probe_ms=choice.probe_ms or None if choice else None,
+            precision_probe_seconds=choice.probe_seconds if choice and choice.probe_ms else None,
             parameters=model.parameters,
-            torch_threads=torch.get_num_threads(),
+            torch_threads=self.model_thread.threads,
             max_batch_size=self.settings.max_batch_size,
             max_batch_wait_ms=self.settings.max_batch_wait_ms,
             logit_scale=model.logit_scale,

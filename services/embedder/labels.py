@@ -2,7 +2,7 @@
 
 The TreeOfLife files are the ones pybioclip reads (dataset `imageomics/TreeOfLife-200M`):
 `txt_emb_species.npy`, float, shape (dim, N), one text vector per species, and
-`txt_emb_species.json`, N entries `[[kingdom, phylum, class, order, family, genus, epithet], common_name]`.
+`txt_emb_species.json`, N entries `[[the seven ranks, kingdom .. species epithet], common_name]`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
+
+from services.common.vocabulary import RANKS, name_key, scientific_name
 
 logger = logging.getLogger(__name__)
 
-RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 SPECIES = len(RANKS) - 1
 EMBEDDINGS_FILE = "txt_emb_species.npy"
 NAMES_FILE = "txt_emb_species.json"
@@ -37,7 +38,7 @@ class RankGroups:
     ids: np.ndarray  # (N,) int32
     paths: list[tuple[str, ...]]
     first: np.ndarray  # (groups,) the first species of each group, whose common name a species group shows
-    by_name: dict[str, list[int]]  # lower-cased name at this rank -> group ids
+    by_name: dict[str, list[int]]  # name_key of the name at this rank -> group ids
 
 
 @dataclass
@@ -92,14 +93,15 @@ class TreeOfLife:
         paths = list(index)
         by_name: dict[str, list[int]] = {}
         for group, path in enumerate(paths):
-            name = scientific_name(path) if depth == SPECIES else path[depth]
-            by_name.setdefault(name.lower(), []).append(group)
+            name = species_name(path) if depth == SPECIES else path[depth]
+            if name:
+                by_name.setdefault(name_key(name), []).append(group)
         return RankGroups(ids, paths, np.asarray(first, dtype=np.int64), by_name)
 
 
-def scientific_name(path: tuple[str, ...]) -> str:
-    """Genus and epithet, as pybioclip names a species; the epithet alone when the genus is unknown."""
-    return " ".join(part for part in path[SPECIES - 1 : SPECIES + 1] if part)
+def species_name(path: tuple[str, ...]) -> str | None:
+    """The vocabulary's scientific name of a kingdom .. epithet path; None unless genus and epithet are known."""
+    return scientific_name(path[SPECIES - 1], path[SPECIES])
 
 
 def find_files(folder: Path) -> tuple[Path, Path]:
@@ -140,26 +142,23 @@ class LabelVectors:
     def __init__(self, embed: Callable[[list[str]], np.ndarray], capacity: int) -> None:
         self._embed = embed
         self.capacity = capacity
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        # cachetools is not thread-safe: every use takes the lock, as its documentation advises.
+        self._vectors: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(capacity, 1))
         self._lock = threading.Lock()
         self.embedded = 0  # labels that went through the model, for tests and logs
 
     def matrix(self, labels: Sequence[str]) -> np.ndarray:
         """(dim, len(labels)) float32, columns in the order of `labels`."""
         with self._lock:
-            known = {label: self._vectors[label] for label in labels if label in self._vectors}
-            for label in known:
-                self._vectors.move_to_end(label)
+            known = {label: vector for label in labels if (vector := self._vectors.get(label)) is not None}
         missing = list(dict.fromkeys(label for label in labels if label not in known))
         if missing:
             fresh = self._embed(missing)
             self.embedded += len(missing)
             found = dict(zip(missing, fresh, strict=True))
             known.update(found)
-            with self._lock:
-                for label, vector in found.items():
-                    self._vectors[label] = vector
-                    self._vectors.move_to_end(label)
-                while len(self._vectors) > self.capacity:
-                    self._vectors.popitem(last=False)
+            if self.capacity > 0:
+                with self._lock:
+                    for label, vector in found.items():
+                        self._vectors[label] = vector
         return np.stack([known[label] for label in labels], axis=1).astype(np.float32, copy=False)

@@ -13,34 +13,25 @@ import open_clip
 import torch
 from PIL import Image
 
+from services.common.settings import ConfigurationError, setting
+from services.embedder import precision as precisions
+from services.embedder.precision import INPUT_DTYPES, Int8Towers, PrecisionChoice, PrecisionError
 from services.embedder.preprocess import Transform, describe, pybioclip_transform
 from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# x86 flags under which oneDNN runs bf16 natively; without them bf16 is emulated and slower than fp32.
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says which setting to change."""
+class ModelLoadError(ConfigurationError):
+    """The model could not be loaded; the message names the settings to change (see ConfigurationError)."""
 
 
 def one_line(text: object, limit: int = 300) -> str:
     """An exception's text on one line (hub errors span several), cut to a readable length."""
     flat = re.sub(r"\s+", " ", str(text)).strip()
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 @dataclass
@@ -59,13 +50,16 @@ class LoadedModel:
     dim: int
     device: torch.device
     precision: str = "fp32"
+    choice: PrecisionChoice | None = None  # what `precision` was chosen from, and why
+    int8: Int8Towers | None = None  # int8: the towers ONNX Runtime runs instead of `model`
     logit_scale: float = 100.0  # exp(the model's learned logit scale): softmax temperature for classify
     # One forward pass at a time: torch already spreads one pass over all its threads.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def dtype(self) -> torch.dtype:
-        return DTYPES[self.precision]
+        """What input tensors are cast to (float32 for int8, which quantizes activations inside each layer)."""
+        return INPUT_DTYPES[self.precision]
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded RGB image as the model's input tensor (C, H, W), float32."""
@@ -78,7 +72,10 @@ class LoadedModel:
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) input tensors -> (B, dim) unit vectors; vectors come back float32 whatever the precision."""
         with self._lock:
-            vectors = self.model.encode_image(pixels.to(self.device, self.dtype))
+            if self.int8 is not None:
+                vectors = self.int8.encode_image(pixels)
+            else:
+                vectors = self.model.encode_image(pixels.to(self.device, self.dtype))
         return _unit(vectors)
 
     def embed_batch(self, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -92,7 +89,7 @@ class LoadedModel:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts).to(self.device)
         with self._lock:
-            vectors = self.model.encode_text(tokens)
+            vectors = self.int8.encode_text(tokens) if self.int8 is not None else self.model.encode_text(tokens)
         return _unit(vectors)
 
     def embed_labels(self, labels: list[str], templates: str = "openai", per_pass: int = 256) -> np.ndarray:
@@ -127,40 +124,34 @@ def _architecture_name(settings: EmbedderSettings) -> str:
 
 
 def _check_device(settings: EmbedderSettings) -> torch.device:
+    named = f"{setting('device')}={settings.device}"
     try:
         device = torch.device(settings.device)
     except (RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not a torch device; use cpu, cuda or mps") from exc
+        raise ModelLoadError(f"{named} is not a torch device; use cpu, cuda or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but torch sees no CUDA GPU; set EMBEDDER_DEVICE=cpu")
+        raise ModelLoadError(f"{named} but torch sees no CUDA GPU; set {setting('device')}=cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ModelLoadError(
-            f"EMBEDDER_DEVICE={settings.device} but torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-        )
+        raise ModelLoadError(f"{named} but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} but MPS is not available; set EMBEDDER_DEVICE=cpu")
+        raise ModelLoadError(f"{named} but MPS is not available; set {setting('device')}=cpu")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ModelLoadError(f"EMBEDDER_DEVICE={settings.device} is not supported; use cpu, cuda or mps")
-    if settings.precision == "fp16" and device.type == "cpu":
-        raise ModelLoadError("EMBEDDER_PRECISION=fp16 is for GPUs; on the CPU use bf16, fp32 or auto")
-    if settings.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
-        logger.warning(
-            "EMBEDDER_PRECISION=bf16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16, "
-            "which is usually slower than fp32"
-        )
+        raise ModelLoadError(f"{named} is not supported; use cpu, cuda or mps")
+    if settings.precision != "auto":
+        try:
+            precisions.check(settings.precision, device)
+        except PrecisionError as exc:
+            raise ModelLoadError(exc.message) from exc
     return device
 
 
-def resolve_precision(setting: str, device: torch.device, native_bf16: bool) -> str:
-    """`auto`: fp16 on a CUDA GPU, bf16 on a CPU that computes it natively, fp32 elsewhere (emulated bf16 is
-    slower than fp32). docs/benchmarks/embedder.md has the accuracy check that allows it: every vector's
-    cosine to fp32 stayed >= 0.9999."""
-    if setting != "auto":
+def _build_precision(setting: str, device: torch.device) -> str:
+    """The precision open_clip builds the model in: int8 and `auto` on a CPU start from fp32 (the probe and the
+    quantizer work on fp32 weights); auto on CUDA is fp16 without a probe."""
+    if setting in ("fp32", "bf16", "fp16"):
         return setting
-    if device.type == "cuda":
+    if setting == "auto" and device.type == "cuda":
         return "fp16"
-    if device.type == "cpu" and native_bf16:
-        return "bf16"
     return "fp32"
 
 
@@ -169,47 +160,35 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = _check_device(settings)
-    precision = resolve_precision(settings.precision, device, native_bf16_cpu())
     if settings.architecture_config is not None:
         if not settings.architecture_config.is_file():
-            raise ModelLoadError(f"EMBEDDER_ARCHITECTURE_CONFIG={settings.architecture_config} does not exist")
+            raise ModelLoadError(f"{setting('architecture_config')}={settings.architecture_config} does not exist")
         open_clip.add_model_config(settings.architecture_config)
     name = _architecture_name(settings)
     from_hub = name.startswith(HF_HUB_PREFIX)
     if settings.checkpoint is not None and not settings.checkpoint.is_file():
-        raise ModelLoadError(f"EMBEDDER_CHECKPOINT={settings.checkpoint} does not exist")
+        raise ModelLoadError(f"{setting('checkpoint')}={settings.checkpoint} does not exist")
     if not from_hub and settings.checkpoint is None and not settings.random_weights:
         raise ModelLoadError(
-            f"EMBEDDER_MODEL={name} is an architecture without weights: set EMBEDDER_CHECKPOINT to a "
-            "weights file, use an hf-hub: name, or set EMBEDDER_RANDOM_WEIGHTS=true for benchmarks"
+            f"{setting('model')}={name} is an architecture without weights: set {setting('checkpoint')} to a "
+            f"weights file, use an hf-hub: name, or set {setting('random_weights')}=true for benchmarks"
         )
     if not from_hub and name not in open_clip.list_models():
         raise ModelLoadError(
-            f"EMBEDDER_MODEL={name} is not an open_clip architecture; set EMBEDDER_ARCHITECTURE_CONFIG "
+            f"{setting('model')}={name} is not an open_clip architecture; set {setting('architecture_config')} "
             "to its config JSON or use an hf-hub: name"
         )
-    cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    built = _build_precision(settings.precision, device)
+    model, open_clip_preprocess, tokenizer = _create(settings, name, device, built)
     try:
-        model, _, open_clip_preprocess = open_clip.create_model_and_transforms(
-            name,
-            pretrained=str(settings.checkpoint) if settings.checkpoint else None,
-            device=device,
-            precision=precision,
-            cache_dir=cache_dir,
-        )
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
-    except Exception as exc:
-        hint = (
-            "the weights could not be had from the hub (offline, or a wrong name): set EMBEDDER_CACHE_DIR to "
-            "a model cache that holds them, or download them and set EMBEDDER_MODEL=<architecture> with "
-            "EMBEDDER_CHECKPOINT=<file>"
-            if from_hub
-            else "check that EMBEDDER_CHECKPOINT holds weights for EMBEDDER_MODEL"
-        )
-        raise ModelLoadError(
-            f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"
-        ) from exc
-    model.eval()
+        choice = precisions.choose(settings.precision, device, model, auto_int8=settings.auto_int8)
+    except PrecisionError as exc:
+        raise ModelLoadError(exc.message) from exc
+    precision = choice.precision
+    if precision == "bf16" and built != "bf16":
+        # auto chose bf16 on the probe: open_clip builds bf16 models itself (layer norms kept in fp32).
+        del model
+        model, open_clip_preprocess, tokenizer = _create(settings, name, device, "bf16")
     visual = model.visual
     size = visual.image_size
     image_size = int(size[0] if isinstance(size, tuple | list) else size)
@@ -219,6 +198,11 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         transform = pybioclip_transform(image_size, mean, std)
     else:
         transform = open_clip_preprocess
+    int8 = None
+    if precision == "int8":
+        context = int(getattr(model, "context_length", None) or 77)
+        int8 = Int8Towers(model, image_size, context, settings.cache_dir, torch.get_num_threads())
+        logger.info("int8 towers ready in %.1f s (%s)", int8.seconds, int8.folder or "not cached: no cache_dir")
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["warm-up"]).to(device)).shape[-1])
     scale = getattr(model, "logit_scale", None)
@@ -238,6 +222,8 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         dim=dim,
         device=device,
         precision=precision,
+        choice=choice,
+        int8=int8,
         logit_scale=logit_scale,
     )
     # The first forward pass is slow (allocations, kernel selection): pay it before serving.
@@ -248,11 +234,41 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         settings.checkpoint or ("random weights" if settings.random_weights and not from_hub else "hub"),
         dim,
         settings.preprocessing,
-        precision if settings.precision != "auto" else f"{precision} (auto)",
+        precision if settings.precision != "auto" else f"{precision} (auto: {choice.reason})",
         device,
         torch.get_num_threads(),
     )
     return loaded
+
+
+def _create(
+    settings: EmbedderSettings, name: str, device: torch.device, precision: str
+) -> tuple[torch.nn.Module, Transform, open_clip.tokenizer.SimpleTokenizer]:
+    """open_clip's model (in eval mode), its own transform and its tokenizer; any failure is a ModelLoadError."""
+    from_hub = name.startswith(HF_HUB_PREFIX)
+    cache_dir = str(settings.cache_dir) if settings.cache_dir else None
+    try:
+        model, _, open_clip_preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=str(settings.checkpoint) if settings.checkpoint else None,
+            device=device,
+            precision=precision,
+            cache_dir=cache_dir,
+        )
+        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except Exception as exc:
+        hint = (
+            f"the weights could not be had from the hub (offline, or a wrong name): set {setting('cache_dir')} to "
+            f"a model cache that holds them, or download them and set {setting('model')}=<architecture> with "
+            f"{setting('checkpoint')}=<file>"
+            if from_hub
+            else f"check that {setting('checkpoint')} holds weights for {setting('model')}"
+        )
+        raise ModelLoadError(
+            f"could not load {settings.model}: {hint} ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
+    model.eval()
+    return model, open_clip_preprocess, tokenizer
 
 
 def describe_transform(loaded: LoadedModel) -> list[str]:

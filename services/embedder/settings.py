@@ -34,13 +34,24 @@ class EmbedderSettings(ServiceSettings):
         "TreeOfLife index). `open_clip`: open_clip's own shortest-side resize and centre crop.",
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto",
-        description="Weights and activations: `auto` (fp16 on a CUDA GPU, bf16 on a CPU with AVX512-BF16 or AMX, "
-        "else fp32), `fp32`, `bf16` (emulated, so slower than fp32, on CPUs without them) or `fp16` (GPU only). "
-        "Layer norms stay fp32; vectors are float32. docs/benchmarks/embedder.md has the accuracy check.",
+        description="Weights and activations. `auto`: fp16 on a CUDA GPU; on the CPU the fastest of fp32, bf16 "
+        "(only where PyTorch runs it natively: AVX512-BF16 or AMX) and int8 (only with `auto_int8`) in a short "
+        "start-up probe. `fp32`; `bf16` (emulated, several times slower than fp32, without native support); "
+        "`fp16` (GPU only); `int8` (CPU only: ONNX Runtime with int8 weights and dynamically quantized "
+        "activations; the quantized towers are made at start-up, about a minute for ViT-L/14, and kept under "
+        "`cache_dir`). Vectors are float32. /v1/model says what was chosen and why.",
     )
-    cache_dir: Path | None = Field(None, description="Where hub downloads are cached.")
+    auto_int8: bool = Field(
+        False,
+        description="Let `auto` choose int8 when the probe finds it faster. Off by default: turn it on (or set "
+        "`precision=int8`) only after `make check-precision` has compared int8 with fp32 on your own weights, "
+        "photos and collection (docs/operations.md).",
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where hub downloads are cached, and the int8 towers (under `int8/`) between starts."
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; unset lets torch choose.")
     max_batch_size: int = Field(
         8, ge=1, le=256, description="Most images in one forward pass; concurrent requests are batched together."
@@ -55,7 +66,10 @@ class EmbedderSettings(ServiceSettings):
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")
     max_image_pixels: int = Field(
-        89_478_485, ge=1, description="Largest decoded image, in pixels (Pillow's decompression-bomb limit)."
+        89_478_485,
+        ge=1,
+        description="Largest decoded image, in pixels (Pillow's decompression-bomb limit); a larger "
+        "JPEG is decoded at 1/2, 1/4 or 1/8 scale to fit, any other format is refused.",
     )
     tree_of_life_dir: Path | None = Field(
         None,

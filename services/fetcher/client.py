@@ -5,6 +5,8 @@ Each request takes a turn at its domain's gate (policy.py), goes out through the
 total deadline (httpx's read timeout is per chunk, so a trickling source must be cut off here).
 Redirects are followed by hand so that each one is checked like the URL itself; timeouts and
 connection errors are retried a few times with jittered back-off; a 429 or 503 backs the domain off.
+A source's negative answers (404/410, and other 5xx) are remembered for a while, per its policy, so
+a missing image is not asked for again on every view.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from email.utils import parsedate_to_datetime
 
 import anyio
 import httpx
+from cachetools import TLRUCache
 
 from services.fetcher.errors import FetchFailed
 from services.fetcher.policy import DomainGate, PolicyBook
-from services.fetcher.safety import MAGIC_BYTES_NEEDED, check_url, content_type_refusal, looks_like_image
+from services.fetcher.safety import MAGIC_BYTES_NEEDED, content_type_refusal, looks_like_image
 from services.fetcher.settings import FetcherSettings
 from services.fetcher.stats import Ledger
+from services.fetcher.urls import SourceURL, UnfetchableURL, parse_source_url
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,22 @@ class Fetched:
 
 @dataclass(frozen=True)
 class _Redirect:
-    location: str
+    location: str  # as the source sent it: resolved against the URL that sent it
+
+
+class _Answered(FetchFailed):
+    """The source itself answered no (a 404, 410 or 5xx): worth remembering for a while."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    code: str
+    message: str
+    until: float  # time.monotonic()
 
 
 class _NetworkClock:
@@ -99,41 +118,60 @@ class ImageFetcher:
         self.settings = settings
         self.book = book
         self.ledger = ledger
+        # Negative answers by URL asked, each until its own expiry; the least recently used go first.
+        self.remembered: TLRUCache[str, _Remembered] = TLRUCache(
+            maxsize=settings.negative_cache_entries, ttu=lambda _key, value, _now: value.until, timer=time.monotonic
+        )
 
-    async def fetch(self, url: str) -> Fetched:
-        """The bytes at `url`, or FetchFailed with a status word."""
-        check_url(url)
+    async def fetch(self, url: SourceURL | str) -> Fetched:
+        """The bytes at `url`, or FetchFailed with a status word (bad_url when it cannot be parsed)."""
+        source = url if isinstance(url, SourceURL) else parse_source_url(url)
+        remembered = self.remembered.get(source.href)
+        if remembered is not None:
+            left = remembered.until - time.monotonic()
+            raise FetchFailed(remembered.code, f"{remembered.message} (remembered; asked again in {left:.0f} s)")
         try:
-            fetched = await self._follow(url)
+            fetched = await self._follow(source)
         except FetchFailed as exc:
             self.ledger.fetch_done(ok=False)
-            self.ledger.note(url, exc.code, exc.message)
+            self.ledger.note(source.href, exc.code, exc.message)
+            if isinstance(exc, _Answered):
+                self._remember(source, exc)
             raise
         self.ledger.fetch_done(ok=True)
         return fetched
 
-    async def _follow(self, url: str) -> Fetched:
+    def _remember(self, source: SourceURL, answer: _Answered) -> None:
+        policy = self.book.policy(source.host)
+        seconds = policy.not_found_seconds if answer.status in (404, 410) else policy.server_error_seconds
+        if seconds > 0 and self.remembered.maxsize:
+            self.remembered[source.href] = _Remembered(answer.code, answer.message, time.monotonic() + seconds)
+
+    async def _follow(self, url: SourceURL) -> Fetched:
         clock = _NetworkClock(self.settings.total_timeout)
         current = url
         for _ in range(self.settings.max_redirects + 1):
             result = await self._with_retries(current, clock)
             if isinstance(result, Fetched):
                 return result
-            # Each hop is checked like the URL: scheme here, its addresses when it connects.
+            # Each hop is parsed and checked like the URL: here its scheme and form, its addresses
+            # when it connects. A Location that cannot be parsed fails this URL, nothing else.
             try:
-                check_url(result.location)
-            except FetchFailed as exc:
-                raise FetchFailed("blocked", f"{current} redirected to {result.location[:200]}: {exc.message}") from exc
-            current = result.location
-        raise FetchFailed("error", f"more than {self.settings.max_redirects} redirects from {url}")
+                current = parse_source_url(result.location, base=current.href)
+            except UnfetchableURL as exc:
+                code = "blocked" if exc.reason == "scheme" else "error"
+                raise FetchFailed(
+                    code, f"{current.host} redirected to {result.location[:200]!r}: {exc.message}"
+                ) from exc
+        raise FetchFailed("error", f"more than {self.settings.max_redirects} redirects from {url.href}")
 
-    async def _with_retries(self, url: str, clock: _NetworkClock) -> Fetched | _Redirect:
-        domain = check_url(url)
+    async def _with_retries(self, url: SourceURL, clock: _NetworkClock) -> Fetched | _Redirect:
+        domain = url.host
         gate = self.book.gate(domain)
         attempt = 0
         while True:
             try:
-                return await self._once(url, domain, gate, clock)
+                return await self._once(url.href, domain, gate, clock)
             except FetchFailed:
                 self.ledger.failed(domain)
                 raise
@@ -144,7 +182,7 @@ class ImageFetcher:
                 if attempt >= self.settings.retries or pause >= clock.left:
                     raise failure from exc
             attempt += 1
-            logger.info("retrying %s in %.2f s (%s)", url, pause, failure.message)
+            logger.info("retrying %s in %.2f s (%s)", url.href, pause, failure.message)
             try:
                 with clock.running():
                     await anyio.sleep(pause)
@@ -156,7 +194,7 @@ class ImageFetcher:
         gate.check_budget(limit)  # before queueing: no point waiting for a turn we could not use
         async with gate.turn(self.settings.queue_timeout) as turn:
             # The largest image we would accept: the budget then holds whatever the source sends.
-            turn.reserve(limit)
+            await turn.reserve(limit)
             self.ledger.sent(domain)
             received = [0]
             try:
@@ -164,6 +202,9 @@ class ImageFetcher:
                     async with self.client.stream("GET", url) as response:
                         turn.responded()
                         return await self._read(response, domain, gate, received)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                # The WHATWG form was accepted but httpx reads it differently: this URL's failure only.
+                raise FetchFailed("bad_url", f"the URL cannot be requested: {exc}") from exc
             except TimeoutError as exc:
                 raise FetchFailed(
                     "timeout", f"{domain} did not deliver within {self.settings.total_timeout:g} s"
@@ -180,14 +221,16 @@ class ImageFetcher:
             location = response.headers.get("location")
             if not location:
                 raise FetchFailed("error", f"{domain} answered {status} without a Location")
-            return _Redirect(str(response.url.join(location).copy_with(fragment=None)))
+            return _Redirect(location)
         if status in (404, 410):
-            raise FetchFailed("not_found", f"{domain} has no image at that URL ({status})")
+            raise _Answered("not_found", f"{domain} has no image at that URL ({status})", status)
         if status in (429, 503):
             asked = parse_retry_after(response.headers.get("retry-after"))
             wait = min(self.settings.backoff_seconds if asked is None else asked, self.settings.max_backoff_seconds)
             gate.back_off(wait)
             raise FetchFailed("rate_limited", f"{domain} answered {status}; leaving it alone for {wait:.0f} s", wait)
+        if status >= 500:
+            raise _Answered("error", f"{domain} answered {status}", status)
         if status not in (200, 203):
             raise FetchFailed("error", f"{domain} answered {status}")
         refusal = content_type_refusal(response.headers.get("content-type"))

@@ -1,36 +1,26 @@
-"""The fetcher's status words and the one place they are given an HTTP status."""
+"""The fetcher's one domain error: a status word saying why a source gave no image. No HTTP here:
+the app maps each word to a status once (services/fetcher/app.py)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
-from services.common.errors import ServiceError
+from services.common.errors import DomainError
 
-HTTP_STATUS = {
-    "bad_url": 400,
-    "blocked": 403,
-    "not_found": 404,
-    "rate_limited": 429,
-    # 429 rather than 503: the gateway passes a 4xx (and its Retry-After) through to the browser.
-    "budget_exhausted": 429,
-    "timeout": 504,
-    "too_large": 502,
-    "not_an_image": 502,
-    "error": 502,
-}
+logger = logging.getLogger(__name__)
 
 
-class FetchFailed(ServiceError):
-    """The source did not give us an image. `code` is one of the status words above."""
+class FetchFailed(DomainError):
+    """The source did not give us an image.
 
-    status_code = 502
+    `code`: a status word, as a batch item's `status`; `retry_after`: whole seconds, or None.
+    """
+
     code = "error"
 
     def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
-        headers = None
-        if retry_after is not None:
-            # Whole seconds, rounded up: a client that comes back on time is not too early.
-            retry_after = max(1, math.ceil(retry_after))
-            headers = {"Retry-After": str(retry_after)}
-        super().__init__(message, code=code, status_code=HTTP_STATUS.get(code, 502), headers=headers)
-        self.retry_after: int | None = retry_after
+        # Whole seconds, rounded up: a client that comes back on time is not too early.
+        seconds = None if retry_after is None else max(1, math.ceil(retry_after))
+        super().__init__(message, code=code, retry_after=seconds)
+        self.retry_after: int | None = seconds

@@ -32,10 +32,10 @@ from services.common.service import BlockingPool
 from services.fetcher.cache import CachedImage, DiskCache, MemoryCache, cache_key, etag_of
 from services.fetcher.client import Fetched, ImageFetcher
 from services.fetcher.errors import FetchFailed
-from services.fetcher.safety import check_url
 from services.fetcher.settings import FetcherSettings
-from services.fetcher.stats import WINDOW_SECONDS
-from services.fetcher.thumbnails import render, smaller_rendition
+from services.fetcher.stats import WINDOW_SECONDS, DomainCounters
+from services.fetcher.thumbnails import render, renditions_within_cap, smaller_rendition
+from services.fetcher.urls import SourceURL, parse_source_url
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,11 @@ class ImagePipeline:
         self.downloads: SingleFlight[Fetched] = SingleFlight()
 
     async def image(self, url: str, size: ImageSize) -> Served:
-        """The image at `url` rendered at `size`, or FetchFailed with a status word."""
-        check_url(url)
+        """The image at `url` rendered at `size`, or FetchFailed with a status word (bad_url: `url`
+        cannot be parsed). The URL is normalised here, once: equal URLs share one cache entry."""
+        source = parse_source_url(url)
         longest_side = self.sizes[size]
-        key = cache_key(url, size, longest_side, self.settings.thumb_format)
+        key = cache_key(source.href, size, longest_side, self.settings.thumb_format)
         cached = self.memory.get(key)
         if cached is not None:
             self.counters.memory_hits += 1
@@ -125,10 +126,10 @@ class ImagePipeline:
                 self.memory.put(key, cached)
                 return Served(cached, "disk")
         self.counters.misses += 1
-        image, shared = await self.renders.run(key, lambda: self._make(key, url, longest_side))
+        image, shared = await self.renders.run(key, lambda: self._make(key, source, longest_side))
         return Served(image, "shared" if shared else "miss")
 
-    async def _make(self, key: str, url: str, longest_side: int | None) -> CachedImage:
+    async def _make(self, key: str, url: SourceURL, longest_side: int | None) -> CachedImage:
         fetched = await self._download_smallest(url, longest_side)
         try:
             rendered = await self.pool.run(
@@ -144,17 +145,15 @@ class ImagePipeline:
             raise FetchFailed(code, f"the source did not send a usable image: {exc.message}") from exc
         image = CachedImage(rendered.data, rendered.media_type, etag_of(rendered.data))
         self.memory.put(key, image)
-        if self.disk.enabled:
-            try:
-                await self.pool.run(self.disk.put, key, image)
-            except OSError as exc:  # a full or read-only disk costs the cache, not the answer
-                logger.warning("could not write to the disk cache: %s", exc)
+        if self.disk.enabled:  # never raises: a full or read-only disk costs the cache, not the answer
+            await self.pool.run(self.disk.put, key, image)
         return image
 
-    async def _download_smallest(self, url: str, longest_side: int | None) -> Fetched:
-        """The smallest published rendition that serves the size; the URL as named if that one fails."""
-        policy = self.fetcher.book.policy(check_url(url))
-        smaller = smaller_rendition(url, policy.renditions, longest_side)
+    async def _download_smallest(self, url: SourceURL, longest_side: int | None) -> Fetched:
+        """The smallest published rendition that serves the size; the URL as named if that one fails;
+        a smaller rendition if the one named is over the size cap."""
+        layout = self.fetcher.book.policy(url.host).renditions
+        smaller = smaller_rendition(url.href, layout, longest_side)
         if smaller is not None:
             try:
                 return await self._download(smaller)
@@ -162,11 +161,25 @@ class ImagePipeline:
                 # Missing (404), or refused the way S3 refuses a missing key (403): try the one named.
                 if exc.code not in ("not_found", "error"):
                     raise
-                logger.info("%s failed (%s); fetching %s as named", smaller, exc.code, url)
-        return await self._download(url)
+                logger.info("%s failed (%s); fetching %s as named", smaller, exc.code, url.href)
+        try:
+            return await self._download(url)
+        except FetchFailed as exc:
+            if exc.code != "too_large":
+                raise
+            for within_cap in renditions_within_cap(url.href, layout):
+                logger.info("%s is over the size cap; fetching %s instead", url.href, within_cap)
+                try:
+                    return await self._download(within_cap)
+                except FetchFailed as smaller_failed:
+                    if smaller_failed.code not in ("too_large", "not_found", "error"):
+                        raise
+            raise
 
-    async def _download(self, url: str) -> Fetched:
-        fetched, _ = await self.downloads.run(url, lambda: self.fetcher.fetch(url))
+    async def _download(self, url: SourceURL | str) -> Fetched:
+        """One download per URL at a time; a rendition's URL (str) is parsed by the fetcher."""
+        key = url.href if isinstance(url, SourceURL) else url
+        fetched, _ = await self.downloads.run(key, lambda: self.fetcher.fetch(url))
         return fetched
 
     async def batch(self, request: BatchRequest) -> BatchResponse:
@@ -201,9 +214,15 @@ class ImagePipeline:
     def stats(self) -> FetcherStats:
         ledger, book = self.fetcher.ledger, self.fetcher.book
         domains = []
-        for host, counters in sorted(ledger.domains.items()):
+        # Hosts asked this hour, and policies whose budgets still count bytes from before a restart.
+        hosts = set(ledger.domains) | {
+            key for key, gate in book.gates.items() if any(used for _, used in gate.budget_usage())
+        }
+        for host in sorted(hosts):
+            counters = ledger.domains.get(host) or DomainCounters()
             requests, errors = int(counters.requests.total()), int(counters.errors.total())
-            if not requests and not errors and not counters.in_flight:
+            budgets_used = host in book.gates and any(used for _, used in book.gates[host].budget_usage())
+            if not requests and not errors and not counters.in_flight and not budgets_used:
                 continue
             key = book.policy_key(host)
             gate = book.gates.get(key)

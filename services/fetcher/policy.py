@@ -3,25 +3,24 @@
 Each domain (or the policy that covers it) has one `DomainGate`. A request to a source first takes
 a turn at its gate, which waits for a free slot, for the spacing since the previous request, and
 for any back-off the source asked for; the gate also holds the domain's byte budgets, which are
-sliding windows (not counters since start-up), saved to disk so that a restart cannot reset them.
+sliding windows (not counters since start-up), whose every reservation is recorded durably
+(budgets.py) before its request leaves, so that no crash or restart can reset them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.fetcher.budgets import BudgetStore, BudgetStoreError, Counted
 from services.fetcher.errors import FetchFailed
 
 logger = logging.getLogger(__name__)
@@ -48,8 +47,16 @@ class DomainPolicy(BaseModel):
         None, gt=0, description="Most requests started per second; null for no spacing."
     )
     budgets: list[ByteBudget] = Field(default_factory=list, description="Byte budgets over sliding windows.")
-    renditions: Literal["inaturalist"] | None = Field(
+    renditions: Literal["inaturalist", "wikimedia"] | None = Field(
         None, description="The domain publishes smaller renditions in this URL layout."
+    )
+    not_found_seconds: float = Field(
+        3600.0, ge=0, description="How long a 404 or 410 is remembered: the URL is not asked for again meanwhile."
+    )
+    server_error_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a 5xx answer (other than 503, which backs the whole domain off) is remembered.",
     )
 
 
@@ -97,15 +104,6 @@ class SlidingWindow:
                 return max(0.0, start + self.width + self.seconds - now)
         return 0.0
 
-    def state(self) -> list[list[float]]:
-        return [list(bucket) for bucket in self._buckets]
-
-    def restore(self, buckets: list[list[float]]) -> None:
-        for start, amount in sorted(buckets):
-            self._buckets.append([float(start), float(amount)])
-            self._total += float(amount)
-        self._expire(self.clock())
-
 
 class Turn:
     """One request's turn at a gate; tells the gate when the source answered and what it sent."""
@@ -114,16 +112,28 @@ class Turn:
         self.gate = gate
         self.answered_at: float | None = None
         self.reserved = 0
+        self.row: int | None = None  # the reservation's row in the budget store
 
     def responded(self) -> None:
         """The source has seen the request: the next one is spaced from now."""
         self.answered_at = time.monotonic()
 
-    def reserve(self, nbytes: int) -> None:
-        """Hold `nbytes` of every budget for this request, or refuse it with budget_exhausted."""
+    async def reserve(self, nbytes: int) -> None:
+        """Hold `nbytes` of every budget for this request, or refuse it with budget_exhausted; on a
+        domain with budgets, return only once the reservation is on disk (refused with `error` when
+        it cannot be recorded: a budget we cannot keep is not spent)."""
         self.gate.check_budget(nbytes)
         self.gate.reserved += nbytes
         self.reserved = nbytes
+        store = self.gate.store
+        if not self.gate.windows or store is None:
+            return
+        try:
+            self.row = await store.reserve(self.gate.key, nbytes)
+        except BudgetStoreError as exc:
+            self.settle(0)
+            logger.error("%s", exc)
+            raise FetchFailed("error", f"{self.gate.key}: {exc}; not asking the source") from exc
 
     def settle(self, received: int) -> None:
         self.gate.reserved -= self.reserved
@@ -131,15 +141,18 @@ class Turn:
         if received:
             for window in self.gate.windows:
                 window.add(received)
-            self.gate.dirty = True
+        if self.row is not None and self.gate.store is not None:
+            self.gate.store.settle(self.row, received)
+            self.row = None
 
 
 class DomainGate:
     """The live state of one policy: slots, the earliest next start, back-off, budgets."""
 
-    def __init__(self, key: str, policy: DomainPolicy) -> None:
+    def __init__(self, key: str, policy: DomainPolicy, store: BudgetStore | None = None) -> None:
         self.key = key
         self.policy = policy
+        self.store = store
         self.interval = 1.0 / policy.requests_per_second if policy.requests_per_second else 0.0
         self.slots = anyio.Semaphore(policy.max_concurrency)
         self.next_start = 0.0  # time.monotonic()
@@ -148,7 +161,6 @@ class DomainGate:
         self.waiting = 0
         self.reserved = 0
         self.windows = [SlidingWindow(budget.seconds) for budget in policy.budgets]
-        self.dirty = False
 
     def back_off(self, seconds: float) -> None:
         """The source asked us to stay away (429/503): no request to it for `seconds`."""
@@ -216,7 +228,7 @@ class DomainGate:
                 yield turn
             finally:
                 self.in_flight -= 1
-                if turn.reserved:
+                if turn.reserved or turn.row is not None:
                     turn.settle(0)
                 # Spaced from when the source answered (or we gave up), not from when we sent: the
                 # source has certainly seen the request by then, so however the network delays
@@ -228,11 +240,13 @@ class DomainGate:
 
 
 class PolicyBook:
-    """Which policy covers a host, and the gates, made on first use."""
+    """Which policy covers a host, and the gates, made on first use. `store` keeps the budgets'
+    reservations across restarts (None: in memory only)."""
 
-    def __init__(self, policies: dict[str, DomainPolicy]) -> None:
+    def __init__(self, policies: dict[str, DomainPolicy], store: BudgetStore | None = None) -> None:
         self.policies = policies
         self.default = policies.get(DEFAULT_POLICY_KEY, DomainPolicy())
+        self.store = store
         self.gates: dict[str, DomainGate] = {}
 
     def policy_key(self, host: str) -> str:
@@ -253,59 +267,15 @@ class PolicyBook:
         key = self.policy_key(host)
         gate = self.gates.get(key)
         if gate is None:
-            gate = self.gates[key] = DomainGate(key, self.policies.get(key, self.default))
+            gate = self.gates[key] = DomainGate(key, self.policies.get(key, self.default), self.store)
         return gate
 
-    def save_budgets(self, path: Path) -> None:
-        """Write the budget windows (atomically); blocking, so call it off the event loop."""
-        state = {
-            key: [{"seconds": w.seconds, "buckets": w.state()} for w in gate.windows]
-            for key, gate in self.gates.items()
-            if gate.windows
-        }
-        for gate in self.gates.values():
-            gate.dirty = False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+    def longest_window(self) -> float:
+        """The longest budget window of any policy, in seconds (what the store must remember)."""
+        return max((b.seconds for p in [self.default, *self.policies.values()] for b in p.budgets), default=0.0)
 
-    def load_budgets(self, path: Path) -> None:
-        """Restore the budget windows saved by a previous run; blocking."""
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            logger.warning("could not read the saved budgets at %s (%s); starting them empty", path, exc)
-            return
-        for key, windows in state.items():
-            gate = self.gate(key)
-            for saved in windows:
-                for window in gate.windows:
-                    if math.isclose(window.seconds, saved["seconds"]):
-                        window.restore(saved["buckets"])
-
-    @property
-    def dirty(self) -> bool:
-        return any(gate.dirty for gate in self.gates.values())
-
-
-async def keep_budgets_saved(
-    book: PolicyBook, path: Path, every: float, run_blocking: Callable[..., Awaitable[object]]
-) -> None:
-    """Save the budgets every `every` seconds while they change, until cancelled: a crash then loses
-    at most that much of their history."""
-    while True:
-        await anyio.sleep(every)
-        await save_budgets(book, path, run_blocking)
-
-
-async def save_budgets(book: PolicyBook, path: Path, run_blocking: Callable[..., Awaitable[object]]) -> None:
-    """Save the budgets if they changed since the last save (off the event loop)."""
-    if not book.dirty:
-        return
-    try:
-        await run_blocking(book.save_budgets, path)
-    except OSError as exc:  # the budgets still hold in memory; only a restart would forget them
-        logger.warning("could not save the byte budgets to %s: %s", path, exc)
+    def restore(self, counted: Iterable[Counted]) -> None:
+        """Count what earlier runs received (or reserved and never settled), oldest first."""
+        for item in counted:
+            for window in self.gate(item.policy).windows:
+                window.add(item.bytes, now=item.at)

@@ -1,5 +1,6 @@
 """What the fetcher may fetch: URL schemes, the addresses it may connect to, what counts as an image.
 
+URLs themselves are parsed and normalised in urls.py before anything here sees them.
 The fetcher fetches URLs that come from a collection, which anyone may have built: a URL (or a
 redirect, or a DNS answer) must not turn it into a way to reach the machine it runs on, its
 private network or a cloud metadata service. Every address a host resolves to is checked here,
@@ -12,10 +13,10 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from urllib.parse import urlsplit
 
 import anyio
 
+from services.common.images import claimed_format
 from services.fetcher.errors import FetchFailed
 
 logger = logging.getLogger(__name__)
@@ -40,35 +41,11 @@ METADATA_ADDRESSES = frozenset(
     )
 )
 
-# The image formats services.common.images decodes, by their first bytes (WebP is RIFF....WEBP).
-_MAGIC_PREFIXES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-    b"BM",
-)
-MAGIC_BYTES_NEEDED = 12
+# Enough of the start of a body to tell its format (Pillow reads as many to choose a decoder).
+MAGIC_BYTES_NEEDED = 16
 
 # Content types that may carry an image: S3 and some CDNs label everything octet-stream.
 _IMAGE_LIKE_TYPES = ("application/octet-stream", "binary/octet-stream")
-
-
-def check_url(url: str) -> str:
-    """The URL's host (lower case), or bad_url when it is not http(s) with a host."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise FetchFailed("bad_url", f"the URL cannot be parsed: {exc}") from exc
-    if parts.scheme not in ("http", "https"):
-        raise FetchFailed("bad_url", f"only http and https URLs can be fetched, not {parts.scheme or 'no scheme'!r}")
-    if not host:
-        raise FetchFailed("bad_url", "the URL has no host")
-    return host.lower()
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -205,7 +182,6 @@ def content_type_refusal(content_type: str | None) -> str | None:
 
 
 def looks_like_image(head: bytes) -> bool:
-    """The first bytes are those of a format the fetcher decodes (JPEG, PNG, GIF, WebP, TIFF, BMP)."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return True
-    return head.startswith(_MAGIC_PREFIXES)
+    """The first bytes are those of a format the shared decoder takes (services.common.images.ALLOWED_FORMATS,
+    by the decoders' own signature tests), so that no other body is read to its end."""
+    return claimed_format(head) is not None

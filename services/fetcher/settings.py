@@ -10,12 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.vocabulary import IMAGE_SIZES
 from services.fetcher.policy import DEFAULT_POLICY_KEY, DomainPolicy
 from services.fetcher.safety import IPNetwork, parse_networks
 
 # iNaturalist's published limits for its own CDN are 1 request/s and 5 GB/hour, 24 GB/day of media
 # (violators are banned for good); the budgets sit well under them. Its open-data bucket on S3 is
-# AWS Open Data: parallel fetching is fine there.
+# AWS Open Data: parallel fetching is fine there. Wikimedia (upload.wikimedia.org) serves thumbnails of
+# every original at standard widths: those are fetched rather than originals of many megabytes.
 
 
 class _JsonDict(dict[str, Any]):
@@ -34,6 +36,7 @@ BUILTIN_POLICIES: dict[str, dict[str, Any]] = _JsonDict(
             "renditions": "inaturalist",
         },
         "inaturalist-open-data.s3.amazonaws.com": {"max_concurrency": 16, "renditions": "inaturalist"},
+        "upload.wikimedia.org": {"max_concurrency": 2, "renditions": "wikimedia"},
         DEFAULT_POLICY_KEY: {"max_concurrency": 4},
     }
 )
@@ -76,18 +79,24 @@ class FetcherSettings(ServiceSettings):
     max_image_bytes: int = Field(
         20_000_000, ge=1, description="Largest image accepted from a source, in bytes (reading stops past it)."
     )
-    max_image_pixels: int = Field(89_478_485, ge=1, description="Largest decoded image, in pixels.")
-    thumb_pixels: int = Field(256, ge=16, description="Longest side of a `thumb` image.")
-    medium_pixels: int = Field(768, ge=16, description="Longest side of a `medium` image.")
+    max_image_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        description="Largest decoded image, in pixels; a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale to fit, "
+        "any other format is refused.",
+    )
+    thumb_pixels: int = Field(IMAGE_SIZES["thumb"], ge=16, description="Longest side of a `thumb` image.")
+    medium_pixels: int = Field(IMAGE_SIZES["medium"], ge=16, description="Longest side of a `medium` image.")
     thumb_format: str = Field("WEBP", pattern="^(WEBP|JPEG)$", description="Encoding of thumb and medium images.")
     browser_cache_seconds: int = Field(86_400, ge=0, description="Cache-Control max-age for images sent.")
     domain_policies: dict[str, DomainPolicy] = Field(
         BUILTIN_POLICIES,  # type: ignore[arg-type]  # validated into DomainPolicy (validate_default)
         validate_default=True,
         description="Per-domain politeness as JSON: {domain: {max_concurrency, requests_per_second, budgets: "
-        '[{bytes, seconds}], renditions: "inaturalist" or null}}; "*" is every other host, and a domain '
-        "also covers its subdomains. A value given is merged over these built-in ones domain by domain, "
-        "so naming one domain never drops iNaturalist's limits.",
+        '[{bytes, seconds}], renditions: "inaturalist", "wikimedia" or null, not_found_seconds (how long a '
+        "404/410 is remembered, default 3600), server_error_seconds (a 5xx other than 503, default 60)}}; "
+        '"*" is every other host, and a domain also covers its subdomains. A value given is merged over '
+        "these built-in ones domain by domain, so naming one domain never drops iNaturalist's limits.",
     )
     allow_private_networks: str = Field(
         "",
@@ -96,8 +105,14 @@ class FetcherSettings(ServiceSettings):
     )
     cache_dir: Path = Field(
         Path("var/cache/fetcher"),
-        description="Folder of the disk cache of rendered images (and the saved byte budgets); relative to "
-        "the working directory.",
+        description="Folder of the disk cache of rendered images (and, unless budget_store says otherwise, "
+        "of the byte budgets' store); relative to the working directory.",
+    )
+    budget_store: Path | None = Field(
+        None,
+        description="SQLite file recording every byte-budget reservation before its request leaves, so "
+        "no crash or restart resets a budget; default budgets.sqlite3 in cache_dir. A budgets.json left "
+        "there by an earlier version is read into it once.",
     )
     cache_max_bytes: int = Field(
         2_000_000_000, ge=0, description="Disk cache size; least recently used images go first. 0: no disk cache."
@@ -106,8 +121,11 @@ class FetcherSettings(ServiceSettings):
         32_000_000, ge=0, description="In-memory cache of the most recently served images. 0: none."
     )
     recent_errors: int = Field(20, ge=0, le=1000, description="Failed fetches kept for /v1/stats.")
-    budget_save_seconds: float = Field(
-        5.0, gt=0, description="How often the byte budgets are saved to the cache folder while they change."
+    negative_cache_entries: int = Field(
+        50_000,
+        ge=0,
+        description="Most negative answers (404/410/5xx by URL) remembered at once; each is kept for its "
+        "domain's not_found_seconds or server_error_seconds. 0: none remembered.",
     )
 
     @field_validator("domain_policies", mode="after")
@@ -138,6 +156,9 @@ class FetcherSettings(ServiceSettings):
     def allowed_networks(self) -> tuple[IPNetwork, ...]:
         return parse_networks(self.allow_private_networks)
 
+    def budget_store_path(self) -> Path:
+        return self.budget_store or self.cache_dir / "budgets.sqlite3"
+
     def sizes(self) -> dict[str, int | None]:
         """Longest side of each size word; None keeps the image's own size."""
-        return {"thumb": self.thumb_pixels, "medium": self.medium_pixels, "full": None}
+        return {**IMAGE_SIZES, "thumb": self.thumb_pixels, "medium": self.medium_pixels}

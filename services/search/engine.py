@@ -12,30 +12,30 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from services.common.errors import NotFound, Unprocessable
-from services.search.filters import Criteria, TaxonFilter
+from services.common.errors import DimensionMismatch, InvalidVector
+from services.common.vocabulary import SearchParameters, Stopped, TaxonFilter
+from services.search.errors import UnknownRecord
+from services.search.filters import Criteria
 from services.search.index import StoredVector, VectorIndex
-from services.search.metadata import MetadataStore, Row
+from services.search.lookup import RecordLookup
+from services.search.metadata import Row
 
 logger = logging.getLogger(__name__)
-
-# Why a query's search ended. Anything but `filled` may leave fewer than top_n hits.
-Stopped = Literal["filled", "min_similarity", "exhausted", "max_candidates", "max_nprobe", "max_rounds"]
 
 
 @dataclass(frozen=True)
 class Limits:
-    """How far a search may widen to fill top_n: the bound the response refers to."""
+    """How far a search may widen to fill top_n: the bound the response refers to (values: the settings)."""
 
-    max_candidates: int = 10_000
-    max_nprobe: int = 1024
-    max_rounds: int = 8
-    overfetch: float = 4.0
-    default_ef_search: int = 64
+    max_candidates: int
+    max_nprobe: int
+    max_rounds: int
+    overfetch: float
+    default_ef_search: int
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Query:
     vectors: np.ndarray
     top_n: int
     nprobe: int
-    scope: str = "all"
+    scope: str = SearchParameters.model_fields["scope"].default
     filters: tuple[TaxonFilter, ...] = ()
     min_similarity: float | None = None
     max_per_source: int | None = None
@@ -108,24 +108,21 @@ class _State:
 
 
 class SearchEngine:
-    def __init__(self, index: VectorIndex, metadata: MetadataStore, limits: Limits | None = None) -> None:
+    def __init__(self, index: VectorIndex, lookup: RecordLookup, limits: Limits) -> None:
         self.index = index
-        self.metadata = metadata
-        self.limits = limits or Limits()
+        self.lookup = lookup
+        self.limits = limits
 
     def _normalised(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
             got = vectors.shape[-1] if vectors.ndim else 0
-            raise Unprocessable(
-                f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors",
-                code="dimension_mismatch",
-            )
+            raise DimensionMismatch(f"query vectors have {got} dimensions; this index holds {self.index.dim}-d vectors")
         if not np.all(np.isfinite(vectors)):
-            raise Unprocessable("query vectors contain NaN or infinity", code="invalid_vector")
+            raise InvalidVector("query vectors contain NaN or infinity")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if np.any(norms == 0):
-            raise Unprocessable("a query vector is all zeros", code="invalid_vector")
+            raise InvalidVector("a query vector is all zeros")
         return vectors / norms
 
     def search(self, query: Query) -> SearchOutcome:
@@ -156,7 +153,7 @@ class SearchEngine:
             fresh = np.unique(found.ids[found.ids >= 0])
             fresh = fresh[[int(i) not in screened for i in fresh]] if screened else fresh
             if len(fresh):
-                verdict = self.metadata.screen(fresh, query.criteria)
+                verdict = self.lookup.screen(fresh, query.criteria)
                 verdicts = zip(fresh.tolist(), verdict.keep.tolist(), verdict.species, strict=True)
                 for record_id, keep, species in verdicts:
                     screened[record_id] = (keep, species)
@@ -230,7 +227,7 @@ class SearchEngine:
                 need = 2 * (query.top_n - len(state.hits)) + 8
                 missing = [i for i, _ in passing[position : position + need] if i not in rows]
                 if missing:
-                    rows.update(self.metadata.fetch(missing))
+                    rows.update(self.lookup.fetch(missing))
             record_id, similarity = passing[position]
             position += 1
             species = screened[record_id][1]
@@ -280,7 +277,7 @@ class SearchEngine:
     def _results(self, states: list[_State], rows: dict[int, Row]) -> list[QueryOutcome]:
         wanted = {record_id for state in states for record_id, _ in state.hits if record_id not in rows}
         if wanted:
-            rows.update(self.metadata.fetch(wanted))
+            rows.update(self.lookup.fetch(wanted))
         results = []
         for state in states:
             outcome = state.outcome
@@ -297,9 +294,9 @@ class SearchEngine:
         return results
 
     def record(self, record_id: int) -> Row:
-        row = self.metadata.get(record_id)
+        row = self.lookup.fetch([record_id]).get(record_id)
         if row is None:
-            raise NotFound(f"no record with id {record_id}", code="unknown_record")
+            raise UnknownRecord(f"no record with id {record_id}")
         return row
 
     def vector(self, record_id: int) -> StoredVector:

@@ -24,7 +24,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from services.common.errors import NotFound, ServiceError
+from services.search.errors import NoDirectMap, NotReconstructable, UnknownRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ _IVF_FOURCC = (b"Iw", b"Iv", b"IxPT", b"IxMp", b"IxM2", b"IRFl")
 
 class IndexOpenError(RuntimeError):
     """The index file is missing or unreadable."""
-
-
-class NotReconstructable(ServiceError):
-    status_code = 501
-    code = "not_reconstructable"
 
 
 @dataclass(frozen=True)
@@ -263,14 +258,14 @@ class VectorIndex:
 
     def reconstruct(self, record_id: int) -> StoredVector:
         """The stored vector of an id: exact for flat encodings, the decoded approximation for PQ/SQ."""
-        unknown = NotFound(f"the index holds no vector with id {record_id}", code="unknown_record")
+        unknown = UnknownRecord(f"the index holds no vector with id {record_id}")
         if record_id < 0:
             raise unknown
         if self._ivf is not None:
             if not self._mapped:
                 if self.direct_map_mode == "off":
-                    raise NotReconstructable(
-                        "this IVF index has no id -> list map and SEARCH_DIRECT_MAP=off; vectors cannot be read back"
+                    raise NoDirectMap(
+                        "this IVF index keeps no id -> list map (turned off); vectors cannot be read back"
                     )
                 self._ensure_direct_map()
         elif record_id >= self.size and not isinstance(self.index, faiss.IndexIDMap):

@@ -1,13 +1,6 @@
-"""The DuckDB side of a search: which candidates may be hits, and the hits' rows with their URLs rebuilt.
+"""The DuckDB metadata file, read-only: rows by id with their URLs rebuilt (lookup.py decides who asks).
 
-Two access paths, chosen at start-up:
-
-- **sidecar** (when the metadata file has a lookup sidecar, see sidecar.py): candidates are judged
-  from per-id arrays, and DuckDB is asked only for the rows of the hits, without the columns the
-  sidecar already holds (taxonomy, has_url, in_bioclip2_training);
-- **duckdb**: candidates' whole rows are fetched and judged in Python.
-
-Either way DuckDB sees one plain `id IN (...)` and nothing else: DuckDB uses the ART index on `id`
+DuckDB sees one plain `id IN (...)` and nothing else: DuckDB uses the ART index on `id`
 only for a single simple filter, and any other condition beside it (a scope, say) makes the same
 lookup a table scan, hundreds of times slower at TreeOfLife scale.
 """
@@ -16,34 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
-import numpy as np
 
-from services.search.filters import RANKS, Criteria, row_matches, species_key
-from services.search.sidecar import LookupSidecar, SidecarError
+from services.common.vocabulary import FILTER_RANKS, scientific_name
 
 logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 UrlLayout = Literal["url_prefixes", "identifier", "none"]
-Lookup = Literal["sidecar", "duckdb"]
 
 # Database column -> record field. Columns a database lacks are left out of the query.
 COLUMNS: dict[str, str] = {
     "id": "id",
     "uuid": "uuid",
-    "kingdom": "kingdom",
-    "phylum": "phylum",
-    "class": "class",
-    "order": "order",
-    "family": "family",
-    "genus": "genus",
-    "species": "species",
-    "common_name": "common_name",
+    **{rank: rank for rank in FILTER_RANKS},
     "source_dataset": "source_dataset",
     "source_id": "source_id",
     "publisher": "publisher",
@@ -53,7 +35,7 @@ COLUMNS: dict[str, str] = {
     "in_bioclip2_training": "in_bioclip2_training",
 }
 # Columns the sidecar answers, so the sidecar path does not fetch them from DuckDB.
-SIDECAR_COLUMNS = {*RANKS, "has_url", "in_bioclip2_training"}
+SIDECAR_COLUMNS = {*FILTER_RANKS, "has_url", "in_bioclip2_training"}
 # Ids per `IN (...)`: DuckDB plans an index scan only up to `index_scan_max_count` (2048) rows.
 IN_CHUNK = 1024
 
@@ -62,27 +44,10 @@ class MetadataOpenError(RuntimeError):
     """The metadata file is missing or not in the expected schema."""
 
 
-@dataclass(frozen=True)
-class Screened:
-    """The verdict on a list of candidate ids, in their order."""
-
-    keep: np.ndarray  # bool per id: has a row and satisfies the criteria
-    species: list[Any]  # what max_per_species counts by; None = no cap applies
-    rows: dict[int, Row]  # rows fetched on the way (the duckdb path), reusable for the hits
-
-
 class MetadataStore:
-    """A read-only DuckDB connection (each call takes its own cursor, so threads may share it) and its sidecar."""
+    """A read-only DuckDB connection (each call takes its own cursor, so threads may share it)."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        threads: int = 2,
-        memory_limit: str | None = None,
-        sidecar: Path | None = None,
-        use_sidecar: bool = True,
-    ) -> None:
+    def __init__(self, path: Path, *, threads: int = 2, memory_limit: str | None = None) -> None:
         if not path.is_file():
             raise MetadataOpenError(f"no DuckDB metadata file at {path}")
         config: dict[str, Any] = {"threads": threads}
@@ -116,30 +81,20 @@ class MetadataStore:
         else:
             self.url_layout = "none"
         self.rows = int(self._conn.execute("SELECT count(*) FROM metadata").fetchall()[0][0])
-        self.sidecar: LookupSidecar | None = None
-        if use_sidecar:
-            folder = sidecar or default_sidecar_path(path)
-            try:
-                self.sidecar = LookupSidecar.open(folder, metadata=path, rows=self.rows)
-            except SidecarError as exc:
-                logger.warning("%s; candidates will be judged from DuckDB rows (slower)", exc)
-        # The sidecar path leaves out what the sidecar holds; the ranks still come back, from it.
+        # The sidecar lookup leaves out what the sidecar holds; the ranks still come back, from it.
         narrow = {c: f for c, f in self._columns.items() if c not in SIDECAR_COLUMNS}
         self._select_all = ", ".join(f'"{column}"' for column in self._columns)
         self._select_narrow = ", ".join(f'"{column}"' for column in narrow)
         self._narrow_names = list(narrow.values())
-        logger.info(
-            "opened %s: %d rows, URLs from %s, candidates judged by %s", path, self.rows, self.url_layout, self.lookup
-        )
-
-    @property
-    def lookup(self) -> Lookup:
-        return "sidecar" if self.sidecar is not None else "duckdb"
+        logger.info("opened %s: %d rows, URLs from %s", path, self.rows, self.url_layout)
 
     def close(self) -> None:
         self._conn.close()
 
-    def _query(self, select: str, names: list[str], ids: list[int]) -> list[Row]:
+    def query(self, ids: list[int], *, narrow: bool = False) -> list[Row]:
+        """Raw rows (URL parts not yet joined) for sorted ids; `narrow` leaves out what the sidecar holds."""
+        select = self._select_narrow if narrow else self._select_all
+        names = self._narrow_names if narrow else list(self._columns.values())
         rows: list[Row] = []
         cursor = self._conn.cursor()
         try:
@@ -153,13 +108,13 @@ class MetadataStore:
             cursor.close()
         return rows
 
-    def fetch_plan(self, ids: Iterable[int]) -> str:
+    def fetch_plan(self, ids: Iterable[int], *, narrow: bool = False) -> str:
         """DuckDB's executed plan for a row lookup (tests and the benchmark check that it is an index scan).
 
         EXPLAIN ANALYZE, not EXPLAIN: DuckDB decides on an index scan when the scan starts.
         """
         wanted = sorted({int(i) for i in ids if i >= 0})[:IN_CHUNK]
-        select = self._select_narrow if self.sidecar is not None else self._select_all
+        select = self._select_narrow if narrow else self._select_all
         literal = ", ".join(str(i) for i in wanted)
         cursor = self._conn.cursor()
         try:
@@ -169,48 +124,14 @@ class MetadataStore:
         return "\n".join(str(part) for row in plan for part in row)
 
     def fetch(self, ids: Iterable[int]) -> dict[int, Row]:
-        """Whole rows (with `url` and `scientific_name`) for the given ids; ids with no row are absent."""
+        """Whole rows (with `url`) for the given ids; ids with no row are absent."""
         wanted = sorted({int(i) for i in ids if i >= 0})
         if not wanted:
             return {}
-        if self.sidecar is None:
-            rows = self._query(self._select_all, list(self._columns.values()), wanted)
-            return {row["id"]: self._finish(row) for row in rows}
-        if self.sidecar.has_records:
-            return {record_id: self._complete(row) for record_id, row in self.sidecar.records(wanted).items()}
-        found: dict[int, Row] = {}
-        for row in self._query(self._select_narrow, self._narrow_names, wanted):
-            taxonomy = self.sidecar.taxonomy(row["id"])
-            if taxonomy is None:
-                logger.warning("id %d has a row but no sidecar entry; the sidecar is stale", row["id"])
-                continue
-            row.update(taxonomy)
-            found[row["id"]] = self._finish(row)
-        return found
+        return {row["id"]: self.finish(row) for row in self.query(wanted)}
 
-    def get(self, record_id: int) -> Row | None:
-        return self.fetch([record_id]).get(record_id)
-
-    def screen(self, ids: np.ndarray, criteria: Criteria) -> Screened:
-        """Which candidates may be hits, and their species (for max_per_species), in the ids' order."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if self.sidecar is not None:
-            keys = self.sidecar.species_keys(ids)
-            return Screened(
-                keep=self.sidecar.screen(ids, criteria),
-                species=[None if key < 0 else int(key) for key in keys.tolist()],
-                rows={},
-            )
-        rows = self.fetch(ids.tolist())
-        keep = np.zeros(len(ids), dtype=bool)
-        species: list[Any] = []
-        for position, record_id in enumerate(ids.tolist()):
-            row = rows.get(record_id)
-            keep[position] = row is not None and row_matches(row, criteria)
-            species.append(species_key(row) if row is not None else None)
-        return Screened(keep=keep, species=species, rows=rows)
-
-    def _finish(self, row: Row) -> Row:
+    def finish(self, row: Row) -> Row:
+        """A raw row made a record row: URL rebuilt, non-string values made strings, missing columns null."""
         if self.url_layout == "url_prefixes":
             prefix = self._prefixes.get(row.pop("_prefix_id"))
             suffix = row.pop("_suffix")
@@ -221,20 +142,16 @@ class MetadataStore:
             row["url"] = None
         if "has_url" not in row:
             row["has_url"] = row["url"] is not None
-        for name in ("uuid", "source_id", *RANKS, "source_dataset", "publisher", "img_type", "basis_of_record"):
+        for name in ("uuid", "source_id", *FILTER_RANKS, "source_dataset", "publisher", "img_type", "basis_of_record"):
             # ENUM and UUID columns come back as str already; other types (an integer source_id) are made str.
             if row.get(name) is not None and not isinstance(row[name], str):
                 row[name] = str(row[name])
-        return self._complete(row)
-
-    def _complete(self, row: Row) -> Row:
-        for name in COLUMNS.values():
-            row.setdefault(name, None)  # a column the database lacks reads as unknown, on both paths
-        genus, epithet = row.get("genus"), row.get("species")
-        row["scientific_name"] = f"{genus} {epithet}" if genus and epithet else None
-        return row
+        return complete_row(row)
 
 
-def default_sidecar_path(metadata: Path) -> Path:
-    """`duckdb/metadata.duckdb` -> `duckdb/metadata.lookup/`."""
-    return metadata.with_suffix(".lookup")
+def complete_row(row: Row) -> Row:
+    """Every record field present (a column the database lacks reads as unknown), and the scientific name."""
+    for name in COLUMNS.values():
+        row.setdefault(name, None)
+    row["scientific_name"] = scientific_name(row.get("genus"), row.get("species"))
+    return row

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from services.search.engine import Limits
 
 INDEX_FILE = Path("faiss") / "index.index"
 METADATA_FILE = Path("duckdb") / "metadata.duckdb"
@@ -30,7 +33,7 @@ class SearchSettings(ServiceSettings):
     sidecar_path: Path | None = Field(
         None,
         description="The lookup sidecar folder (per-id scope flags and taxon codes; see `python -m "
-        "services.search.sidecar`); default the metadata file's path with `.lookup` for `.duckdb`. Without "
+        "collection sidecar`); default the metadata file's path with `.lookup` for `.duckdb`. Without "
         "one, candidates are judged from DuckDB rows, which is slower.",
     )
     use_sidecar: bool = Field(True, description="Use the lookup sidecar when there is one.")
@@ -87,3 +90,15 @@ class SearchSettings(ServiceSettings):
     @property
     def resolved_metadata_path(self) -> Path:
         return self.metadata_path or self.data_dir / METADATA_FILE
+
+    def limits(self) -> Limits:
+        """The engine's fill bounds: these settings are their only defaults."""
+        from services.search.engine import Limits
+
+        return Limits(
+            max_candidates=self.max_candidates,
+            max_nprobe=self.max_nprobe,
+            max_rounds=self.max_rounds,
+            overfetch=self.overfetch,
+            default_ef_search=self.default_ef_search,
+        )

@@ -260,6 +260,41 @@ def test_permalink_reload_reproduces_the_hits(page: Page, stack: Stack) -> None:
     expect(page.locator("#error")).to_contain_text("Upload the photo again")
 
 
+@pytest.mark.parametrize("link", ["made", "without_top_n"])
+def test_a_reloaded_link_shows_and_keeps_the_result_count_it_was_made_with(page: Page, stack: Stack, link: str) -> None:
+    """The Results box, the hits and the next re-run agree on one count after a link is opened."""
+    page.goto("/")
+    default = page.locator("#top-n").input_value()
+    vocabulary = page.request.get("/api/vocabulary").json()
+    assert default == str(vocabulary["parameters"]["top_n"]["default"])  # the box starts at the one default
+    page.fill("#text-input", "Danaus plexippus")
+    made = search_by(page, lambda: page.press("#text-input", "Enter")).json()
+    assert f"top_n={default}" in made["permalink"]  # carried even at the default
+    url = made["permalink"] if link == "made" else "/?text=Danaus+plexippus"
+    opened = search_by(page, lambda: page.goto(url)).json()
+    expect(page.locator("#top-n")).to_have_value(str(opened["parameters"]["top_n"]))
+    assert len(card_ids(page)) == opened["parameters"]["top_n"] == int(default) == len(opened["hits"])
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/api/search") else None)
+    again = search_by(page, lambda: page.select_option("#scope", "url_only")).json()
+    assert json.loads(sent[-1])["top_n"] == int(default) == again["parameters"]["top_n"]
+    expect(page.locator("#top-n")).to_have_value(default)
+
+
+def test_the_page_builds_its_controls_from_the_vocabulary(page: Page, stack: Stack) -> None:
+    vocabulary = page.request.get("/api/vocabulary").json()
+    page.goto("/")
+    scopes = page.locator("#scope option").evaluate_all("options => options.map(o => [o.value, o.textContent])")
+    assert scopes == [[scope["name"], scope["label"]] for scope in vocabulary["scopes"]]
+    ranks = page.locator("#rank option").evaluate_all("options => options.map(o => o.value)")
+    assert ranks == vocabulary["ranks"]
+    expect(page.locator("#rank")).to_have_value(vocabulary["parameters"]["rank"]["default"])
+    top_n = vocabulary["parameters"]["top_n"]
+    assert page.locator("#top-n").get_attribute("max") == str(top_n["maximum"])
+    assert page.locator("#top-n").get_attribute("min") == str(top_n["minimum"])
+    expect(page.locator("#filters-hint")).to_contain_text(", ".join(vocabulary["filter_ranks"]))
+
+
 def test_search_from_this_runs_a_record_search(page: Page, stack: Stack) -> None:
     """Needs the search service's GET /v1/records/{id}/vector."""
     upload(page, photo(stack, 2))

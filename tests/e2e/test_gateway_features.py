@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from services.common.vocabulary import SearchParameters
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +46,8 @@ def test_changing_parameters_reuses_the_query_without_embedding_again(stack: Sta
     same_photo = _upload(stack, 7, top_n="4")
     assert same_photo.json()["query_id"] == query_id
     assert _embeds(stack) == before
-    assert len(again.json()["hits"]) == 10 and again.json()["parameters"]["rank"] == "family"
+    default = SearchParameters().top_n  # the one default result count, when a request names none
+    assert len(again.json()["hits"]) == default and again.json()["parameters"]["rank"] == "family"
 
 
 def test_several_photos_of_one_organism_are_one_query(stack: Stack) -> None:

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from services.common.images import ALLOWED_FORMATS
 from services.embedder.app import create_app
@@ -144,7 +144,7 @@ def test_decompression_bomb_is_refused_before_decoding(client: TestClient) -> No
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "image_too_large"
-    assert error["message"] == "bomb.png: 900,000,000 pixels is more than the limit of 89,478,485 pixels"
+    assert error["message"] == "bomb.png: 30000x30000 is 900,000,000 pixels, more than the limit of 89,478,485"
 
 
 def test_truncated_file_is_refused_as_corrupt_with_its_name(client: TestClient) -> None:
@@ -197,3 +197,28 @@ def test_oversized_body_is_refused_while_it_streams_in(embedder_settings: Embedd
     assert pulled <= 11  # 100 kB of 10 kB chunks, and the one that crossed the line
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
     assert b"too_large" in body and b"0.1 MB" in body
+
+
+def test_a_108_megapixel_phone_photo_is_embedded(client: TestClient) -> None:
+    # 12000x9000 under 3 MB: decoded at 1/8 scale (1500x1125), which still covers the model's input.
+    photo = _encode(Image.linear_gradient("L").resize((12000, 9000)).convert("RGB"), "JPEG", quality=75)
+    assert len(photo) < 3 * 1024 * 1024
+    vector = _vector(_embed(client, ("phone.jpg", photo)))
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_a_png_with_megabytes_of_xmp_is_embedded_like_the_same_picture_without(client: TestClient) -> None:
+    picture = _picture(96, 64, seed=11)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", np.random.default_rng(1).bytes(1_500_000).hex(), zip=True)
+    with_xmp = _vector(_embed(client, ("edited.png", _encode(picture, "PNG", pnginfo=info))))
+    plain = _vector(_embed(client, ("plain.png", _encode(picture, "PNG"))))
+    assert float(with_xmp @ plain) > 0.9999
+
+
+def test_avif_photo_is_embedded(client: TestClient) -> None:
+    assert "AVIF" in ALLOWED_FORMATS
+    picture = _picture(128, 96, seed=4)
+    avif = _vector(_embed(client, ("photo.avif", _encode(picture, "AVIF", quality=95))))
+    png = _vector(_embed(client, ("same.png", _encode(picture, "PNG"))))
+    assert float(avif @ png) > 0.98

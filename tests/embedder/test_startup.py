@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from services.embedder.app import create_app
 from services.embedder.engine import load_resources
-from services.embedder.model import ModelLoadError, load_model, native_bf16_cpu, resolve_precision
+from services.embedder.model import ModelLoadError, load_model
 from services.embedder.settings import EmbedderSettings
 from stack.processes import ROOT
 from tests.conftest import ImageFactory
@@ -97,12 +97,12 @@ def test_offline_hub_model_ends_the_process_with_one_line_naming_the_setting(
 
 def test_a_bad_label_file_ends_start_up_naming_its_setting(embedder_settings: EmbedderSettings, tmp_path: Path) -> None:
     folder = write_labels(tmp_path / "tol", np.eye(32, dtype=np.float32)[:3], [[["A"] * 7, ""]] * 2)
-    with pytest.raises(ModelLoadError, match=r"EMBEDDER_TREE_OF_LIFE_DIR.*3 columns but .* 2 entries"):
+    with pytest.raises(ModelLoadError, match=r"tree_of_life_dir.*3 columns but .* 2 entries"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": folder}))
     wrong_dim = write_labels(tmp_path / "other", np.eye(16, dtype=np.float32)[:2], [[["A"] * 7, ""]] * 2)
     with pytest.raises(ModelLoadError, match=r"16-d text vectors but .* 32-d"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": wrong_dim}))
-    with pytest.raises(ModelLoadError, match=r"EMBEDDER_TREE_OF_LIFE_DIR.*holds no txt_emb_species\.npy"):
+    with pytest.raises(ModelLoadError, match=r"tree_of_life_dir.*holds no txt_emb_species\.npy"):
         load_resources(embedder_settings.model_copy(update={"tree_of_life_dir": tmp_path / "nowhere"}))
 
 
@@ -119,45 +119,19 @@ def test_bf16_runs_and_stays_close_to_fp32(embedder_settings: EmbedderSettings, 
     np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("setting", "device", "native_bf16", "expected"),
-    [
-        ("auto", "cuda", False, "fp16"),
-        ("auto", "cpu", True, "bf16"),
-        ("auto", "cpu", False, "fp32"),
-        ("auto", "mps", True, "fp32"),
-        ("fp32", "cuda", True, "fp32"),
-        ("bf16", "cpu", False, "bf16"),
-    ],
-)
-def test_auto_precision_is_reduced_only_where_the_hardware_computes_it(
-    setting: str, device: str, native_bf16: bool, expected: str
-) -> None:
-    assert resolve_precision(setting, torch.device(device), native_bf16) == expected
-
-
-def test_the_default_precision_is_auto_and_model_info_names_what_it_chose(
-    embedder_settings: EmbedderSettings,
-) -> None:
-    assert EmbedderSettings.model_fields["precision"].default == "auto"
-    with running(embedder_settings.model_copy(update={"precision": "auto"})) as client:
-        info = client.get("/v1/model").json()
-    assert info["precision"] == ("bf16" if native_bf16_cpu() else "fp32")
-
-
 def test_fp16_on_the_cpu_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_PRECISION=fp16 is for GPUs"):
+    with pytest.raises(ModelLoadError, match="precision=fp16 is for GPUs"):
         load_model(embedder_settings.model_copy(update={"precision": "fp16"}))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_device_without_a_gpu_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_DEVICE=cuda but torch sees no CUDA GPU"):
+    with pytest.raises(ModelLoadError, match="device=cuda but torch sees no CUDA GPU"):
         load_model(embedder_settings.model_copy(update={"device": "cuda"}))
 
 
 def test_an_unknown_device_is_refused_naming_the_setting(embedder_settings: EmbedderSettings) -> None:
-    with pytest.raises(ModelLoadError, match="EMBEDDER_DEVICE=tpu"):
+    with pytest.raises(ModelLoadError, match="device=tpu"):
         load_model(embedder_settings.model_copy(update={"device": "tpu"}))
 
 

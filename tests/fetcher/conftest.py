@@ -77,7 +77,6 @@ def fetcher_settings(cache_dir: Path, **overrides: Any) -> FetcherSettings:
         "max_image_bytes": 2_000_000,
         "retry_backoff": 0.05,
         "queue_timeout": 3.0,
-        "budget_save_seconds": 0.2,
     }
     values.update(overrides)
     return FetcherSettings(**values)

@@ -4,6 +4,8 @@ disk (least recently used evicted, kept across restarts), shared fetches, and br
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -181,3 +183,100 @@ def test_the_disk_cache_holds_rendered_images_only(source: Source, make_image: I
     assert len(files) == 1 and files[0].suffix == ".webp"
     with Image.open(files[0]) as image:
         assert max(image.size) == 256
+
+
+# -- a disk cache that cannot be read is a miss -----------------------------------------------------------
+
+
+def _disk_only(tmp_path: Path) -> FetcherSettings:
+    return fetcher_settings(tmp_path / "cache", memory_cache_bytes=0)  # every view reaches the disk cache
+
+
+def _cache_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "services.fetcher.cache" and r.levelname == "WARNING"]
+
+
+def test_a_cache_folder_replaced_by_a_file_is_a_miss_logged_once(
+    source: Source, make_image: ImageFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = source.add("/a.jpg", Route(body=make_image()))
+    settings = _disk_only(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/image", params={"url": url}).status_code == 200
+        assert client.get("/v1/image", params={"url": url}).headers["x-fetcher-cache"] == "disk"
+        shutil.rmtree(settings.cache_dir)
+        settings.cache_dir.write_text("not a folder")
+        answers = [client.get("/v1/image", params={"url": url}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert {a.headers["x-fetcher-cache"] for a in answers} == {"miss"}
+    Image.open(io.BytesIO(answers[-1].content)).verify()
+    assert len(source.requests) == 5  # the first view, then each view the cache could not answer
+    warnings = _cache_warnings(caplog)
+    assert len(warnings) == 2, warnings  # one per cause: reading and writing under a file, each once
+    assert all("not a directory" in w.lower() for w in warnings), warnings
+
+
+def test_a_service_started_with_its_cache_folder_a_file_serves_images(
+    source: Source, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    url = source.add("/a.jpg", Route(body=make_image()))
+    settings = _disk_only(tmp_path)
+    settings.cache_dir.write_text("not a folder")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/image", params={"url": url}).status_code == 200
+        assert client.get("/v1/image", params={"url": url}).status_code == 200
+
+
+def test_a_truncated_cache_entry_is_a_miss_and_is_replaced(
+    source: Source, make_image: ImageFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = source.add("/a.jpg", Route(body=make_image(300, 200)))
+    settings = _disk_only(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        whole = client.get("/v1/image", params={"url": url}).content
+        [entry] = settings.cache_dir.glob("??/*.webp")
+        entry.write_bytes(entry.read_bytes()[: len(whole) // 2])  # what a damaged disk might leave
+        again = client.get("/v1/image", params={"url": url})
+        third = client.get("/v1/image", params={"url": url})
+    assert again.status_code == 200 and again.headers["x-fetcher-cache"] == "miss"
+    assert again.content == whole
+    assert third.headers["x-fetcher-cache"] == "disk" and third.content == whole  # written afresh
+    assert len(source.requests) == 2
+    assert any("truncated" in w for w in _cache_warnings(caplog))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_a_cache_entry_without_read_permission_is_a_miss(
+    source: Source, make_image: ImageFactory, tmp_path: Path
+) -> None:
+    url = source.add("/a.jpg", Route(body=make_image()))
+    settings = _disk_only(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/image", params={"url": url}).status_code == 200
+        [entry] = settings.cache_dir.glob("??/*.webp")
+        entry.chmod(0)
+        response = client.get("/v1/image", params={"url": url})
+    assert response.status_code == 200 and response.headers["x-fetcher-cache"] == "miss"
+
+
+@pytest.mark.parametrize(("size", "side"), [("thumb", 256), ("full", 2000)])
+def test_a_jpeg_over_the_pixel_limit_is_served_decoded_at_reduced_scale(
+    source: Source, make_image: ImageFactory, tmp_path: Path, size: str, side: int
+) -> None:
+    url = source.add("/big.jpg", Route(body=make_image(4000, 3000, quality=70)))
+    with TestClient(create_app(fetcher_settings(tmp_path / "cache", max_image_pixels=3_000_000))) as client:
+        response = client.get("/v1/image", params={"url": url, "size": size})
+    assert response.status_code == 200, response.text
+    # full: 12 megapixels stored, decoded at 1/2 scale (2000x1500), the first within the 3 megapixel limit.
+    assert max(Image.open(io.BytesIO(response.content)).size) == side
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_avif_and_heic_sources_are_rendered(source: Source, make_image: ImageFactory, tmp_path: Path, fmt: str) -> None:
+    url = source.add(
+        f"/photo.{fmt.lower()}", Route(body=make_image(600, 400, fmt=fmt), content_type=f"image/{fmt.lower()}")
+    )
+    with TestClient(create_app(fetcher_settings(tmp_path / "cache"))) as client:
+        response = client.get("/v1/image", params={"url": url, "size": "thumb"})
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == (256, 171)

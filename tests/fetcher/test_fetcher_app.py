@@ -108,7 +108,7 @@ def test_a_source_that_trickles_is_cut_off_at_the_total_deadline(
     assert response.json()["error"]["code"] == "timeout"
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "http:///nohost.jpg"])
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/a.jpg", "http://:80/nohost.jpg", "http://?x"])
 def test_only_http_urls_with_a_host_are_fetched(client: TestClient, url: str) -> None:
     response = client.get("/v1/image", params={"url": url})
     assert response.status_code == 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -175,7 +176,7 @@ def test_the_byte_budget_refuses_the_fetch_that_could_pass_it_then_slides(
 
 
 def test_the_byte_budget_survives_a_restart(tmp_path: Path, source: Source, noisy_images: list[str]) -> None:
-    settings = _budget_settings(tmp_path, seconds=600).model_copy(update={"budget_save_seconds": 600})
+    settings = _budget_settings(tmp_path, seconds=600)
     with _app(settings) as client:
         for url in noisy_images[:3]:
             assert client.get("/v1/image", params={"url": url}).status_code == 200
@@ -219,3 +220,83 @@ def test_the_built_in_policies_keep_inaturalist_under_its_published_limits(tmp_p
     limits = {budget.seconds: budget.bytes for budget in inat.budgets}
     assert limits[3600] < 5_000_000_000 and limits[86400] < 24_000_000_000
     assert settings.domain_policies["inaturalist-open-data.s3.amazonaws.com"].max_concurrency > 1
+
+
+# -- negative answers remembered -------------------------------------------------------------------------
+
+
+def test_eight_views_of_a_missing_image_ask_the_source_once(tmp_path: Path, source: Source) -> None:
+    missing = source.add("/gone.jpg", Route(status=404, body=b"no such photo", content_type="text/plain"))
+    with _app(fetcher_settings(tmp_path / "cache")) as client:
+        answers = [client.get("/v1/image", params={"url": missing}) for _ in range(8)]
+        batch = client.post("/v1/images", json={"urls": [missing]}).json()
+    assert [a.status_code for a in answers] == [404] * 8
+    assert {a.json()["error"]["code"] for a in answers} == {"not_found"}
+    assert "remembered" in answers[-1].json()["error"]["message"]
+    assert _codes(batch) == ["not_found"]
+    assert [path for path, _ in source.requests] == ["/gone.jpg"]
+
+
+def test_a_5xx_is_remembered_for_less_time_then_asked_again(
+    tmp_path: Path, source: Source, make_image: ImageFactory
+) -> None:
+    broken = source.add("/broken.jpg", Route(status=500, body=b"oops", content_type="text/plain"))
+    gone = source.add("/gone.jpg", Route(status=410, body=b"gone", content_type="text/plain"))
+    settings = _policy(tmp_path, {"server_error_seconds": 0.5, "not_found_seconds": 30})
+    with _app(settings) as client:
+        for _ in range(3):
+            assert client.get("/v1/image", params={"url": broken}).status_code == 502
+            assert client.get("/v1/image", params={"url": gone}).status_code == 404
+        assert len(source.requests) == 2
+        time.sleep(0.6)
+        source.routes["/broken.jpg"] = Route(body=make_image())  # the source has recovered
+        assert client.get("/v1/image", params={"url": broken}).status_code == 200
+        assert client.get("/v1/image", params={"url": gone}).status_code == 404
+    assert [path for path, _ in source.requests] == ["/broken.jpg", "/gone.jpg", "/broken.jpg"]
+
+
+def test_a_timeout_is_not_remembered(tmp_path: Path, source: Source, make_image: ImageFactory) -> None:
+    url = source.add("/slow.jpg", Route(body=make_image(), delay=0.6))
+    settings = fetcher_settings(tmp_path / "cache", read_timeout=0.3, retries=0)
+    with _app(settings) as client:
+        assert client.get("/v1/image", params={"url": url}).json()["error"]["code"] == "timeout"
+        source.routes["/slow.jpg"].delay = 0
+        assert client.get("/v1/image", params={"url": url}).status_code == 200
+
+
+# -- budgets kept in the store ---------------------------------------------------------------------------
+
+
+def test_budgets_saved_by_an_earlier_version_are_read_once(
+    tmp_path: Path, source: Source, noisy_images: list[str]
+) -> None:
+    settings = _budget_settings(tmp_path, seconds=600)
+    settings.cache_dir.mkdir(parents=True)
+    now = time.time()
+    # The old format: per policy, each window's buckets [start, bytes].
+    old = {"127.0.0.1": [{"seconds": 600, "buckets": [[now - 100, 50_000], [now - 10, 30_000]]}]}
+    (settings.cache_dir / "budgets.json").write_text(json.dumps(old))
+    for _ in range(2):  # the second start must not count them again
+        with _app(settings) as client:
+            budgets = client.get("/v1/stats").json()["domains"][0]["budgets"]
+        assert budgets[0]["used_bytes"] == 80_000
+    assert not (settings.cache_dir / "budgets.json").exists()
+    assert (settings.cache_dir / "budgets.json.migrated").exists()
+
+
+def test_a_domain_with_budgets_is_refused_when_its_budget_cannot_be_recorded(
+    tmp_path: Path, source: Source, noisy_images: list[str], make_image: ImageFactory
+) -> None:
+    other = source.add("/other.jpg", Route(body=make_image()))
+    settings = _budget_settings(tmp_path, seconds=600)
+    store = tmp_path / "nowhere" / "budgets.sqlite3"
+    store.parent.write_text("a file where the store's folder should be")
+    with _app(settings.model_copy(update={"budget_store": store})) as client:
+        refused = client.get("/v1/image", params={"url": noisy_images[0]})
+    assert refused.status_code == 502 and refused.json()["error"]["code"] == "error"
+    assert "budget" in refused.json()["error"]["message"]
+    assert source.requests == []
+    # A domain without budgets is served all the same.
+    unbudgeted = fetcher_settings(tmp_path / "cache2", budget_store=store)
+    with _app(unbudgeted) as client:
+        assert client.get("/v1/image", params={"url": other}).status_code == 200

@@ -12,8 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from services.common.images import ALLOWED_FORMATS
 from services.fetcher.app import create_app
-from services.fetcher.safety import AddressGuard, StaticResolver, looks_like_image, parse_networks
+from services.fetcher.safety import (
+    MAGIC_BYTES_NEEDED,
+    AddressGuard,
+    StaticResolver,
+    looks_like_image,
+    parse_networks,
+)
 from tests.conftest import ImageFactory
 from tests.fetcher.conftest import fetcher_settings
 from tests.sources import Route, Source, start_source
@@ -93,8 +100,9 @@ def test_a_bad_allowlist_is_refused_at_start_up(tmp_path: Path) -> None:
 
 
 def test_magic_bytes_recognise_the_decoded_formats_only(make_image: ImageFactory) -> None:
-    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"):
-        assert looks_like_image(make_image(16, 16, fmt=fmt)[:12]), fmt
+    for fmt in ALLOWED_FORMATS:  # AVIF and HEIC included
+        assert looks_like_image(make_image(16, 16, fmt=fmt)[:MAGIC_BYTES_NEEDED]), fmt
+    assert not looks_like_image(make_image(16, 16, fmt="TGA")[:MAGIC_BYTES_NEEDED])
     assert not looks_like_image(b"<!doctype html><html>")
     assert not looks_like_image(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
     assert not looks_like_image(b"RIFF\x00\x00\x00\x00WAVEfmt ")

@@ -68,6 +68,7 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
         ({"json": ["a list"]}, 400, "invalid_json"),
         ({"json": {"top_n": 5}}, 422, "invalid_request"),
         ({"json": {"text": "   "}}, 400, "empty_text"),
+        ({"json": {"text": "\ufeff\u200b\x07 \u2060"}}, 400, "empty_text"),
         ({"json": {"text": "Apis", "top_n": 0}}, 422, "invalid_request"),
         ({"json": {"text": "Apis", "scope": "anywhere"}}, 422, "invalid_request"),
         ({"data": {"top_n": "5"}, "files": {"other": ("a.txt", b"x", "text/plain")}}, 400, "missing_image"),
@@ -75,8 +76,8 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
         ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 400, "empty_file"),
         ({"files": {"image": ("a.jpg", b"x" * 200_000, "image/jpeg")}}, 413, "too_large"),
     ],
-    ids=["text-plain", "bad-json", "json-list", "no-text", "blank-text", "top_n-0", "bad-scope", "no-image",
-         "top_n-500", "empty-upload", "too-large"],
+    ids=["text-plain", "bad-json", "json-list", "no-text", "blank-text", "invisible-text", "top_n-0", "bad-scope",
+         "no-image", "top_n-500", "empty-upload", "too-large"],
 )  # fmt: skip
 def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
     client: TestClient, kwargs: dict, status: int, code: str

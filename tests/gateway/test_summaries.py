@@ -12,21 +12,28 @@ from pydantic import ValidationError
 from gateway.export import hits_csv
 from gateway.query_cache import CachedQuery, QueryCache, image_query_id, mean_direction, text_query_id
 from gateway.rate_limit import SlidingWindowLimiter
-from gateway.schemas import TaxonFilter
+from gateway.schemas import HitView, TaxonFilter
 from gateway.summaries import consensus, taxonomy_tree
 
 
-def _hit(similarity: float, genus: str, epithet: str, family: str = "Nymphalidae") -> dict:
+def _hit(similarity: float, genus: str, epithet: str, family: str = "Nymphalidae", **fields: object) -> HitView:
     taxonomy = {"kingdom": "Animalia", "phylum": "Arthropoda", "class": "Insecta", "order": "Lepidoptera",
                 "family": family, "genus": genus, "species": epithet}  # fmt: skip
-    return {"similarity": similarity, "taxonomy": taxonomy}
+    return HitView.model_validate({"rank": 1, "record_id": 0, **fields, "similarity": similarity, "taxonomy": taxonomy})
 
 
 def test_consensus_weighs_by_similarity_not_by_count() -> None:
     hits = [_hit(0.95, "Danaus", "plexippus"), _hit(0.2, "Vanessa", "atalanta"), _hit(0.2, "Vanessa", "atalanta")]
     vote = consensus(hits, "species")
-    assert vote == {"rank": "species", "name": "Danaus plexippus", "share": round(0.95 / 1.35, 4), "hits": 1}
-    assert consensus(hits, "family")["share"] == 1.0
+    assert vote is not None
+    assert vote.model_dump() == {
+        "rank": "species",
+        "name": "Danaus plexippus",
+        "share": round(0.95 / 1.35, 4),
+        "hits": 1,
+    }
+    family = consensus(hits, "family")
+    assert family is not None and family.share == 1.0
 
 
 def test_consensus_of_no_hits_is_none() -> None:
@@ -36,7 +43,7 @@ def test_consensus_of_no_hits_is_none() -> None:
 def test_tree_counts_hits_per_taxon_largest_first() -> None:
     hits = [_hit(0.9, "Danaus", "plexippus"), _hit(0.8, "Vanessa", "atalanta", "Nymphalidae"),
             _hit(0.7, "Pieris", "rapae", "Pieridae")]  # fmt: skip
-    tree = taxonomy_tree(hits)
+    tree = [node.model_dump() for node in taxonomy_tree(hits)]
     assert [(n["name"], n["count"]) for n in tree] == [("Animalia", 3)]
     order = tree[0]["children"][0]["children"][0]["children"][0]
     assert order["name"] == "Lepidoptera"
@@ -79,14 +86,11 @@ def test_taxon_filter_parses_rank_and_value() -> None:
 
 
 def test_csv_export_has_the_links_and_defuses_formulas() -> None:
-    hit = {
-        **_hit(0.9, "Danaus", "plexippus"),
-        "rank": 1,
-        "record_id": 7,
-        "image_url": "https://example.org/a.jpg",
-        "source_record_url": "https://www.gbif.org/occurrence/1",
-    }
-    hit["taxonomy"]["common_name"] = "=HYPERLINK(1)"
+    hit = _hit(
+        0.9, "Danaus", "plexippus", record_id=7, image_url="https://example.org/a.jpg",
+        source_record_url="https://www.gbif.org/occurrence/1",
+    )  # fmt: skip
+    hit.taxonomy.common_name = "=HYPERLINK(1)"
     rows = list(csv.DictReader(io.StringIO(hits_csv([hit]))))
     assert rows[0]["record_id"] == "7" and rows[0]["genus"] == "Danaus"
     assert rows[0]["image_url"] == "https://example.org/a.jpg"

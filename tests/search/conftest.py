@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from collection.build import write_index, write_metadata
 from services.search.app import create_app
-from services.search.build import write_index, write_metadata
 from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
 
 

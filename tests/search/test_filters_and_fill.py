@@ -5,6 +5,7 @@ Each behaviour is checked through both lookup paths (the per-id sidecar and Duck
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,28 @@ def test_bad_filters_and_options_get_422_naming_the_field(client: TestClient, bo
     error = response.json()["error"]
     assert error["code"] == "invalid_request"
     assert any(detail["field"].startswith(field) for detail in error["details"]), error
+
+
+@pytest.fixture(scope="module")
+def accented(tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    """Names stored decomposed (NFD) on even rows, composed (NFC) on odd rows, as real sources mix them."""
+    rows = rows_for(40)
+    for i, row in enumerate(rows):
+        form = "NFD" if i % 2 == 0 else "NFC"
+        row["common_name"] = unicodedata.normalize(form, "Mariposa Monarca Común" if i % 4 < 2 else "Pequeña Ártica")
+        row["genus"] = unicodedata.normalize(form, "Ñandúa")
+    return write_collection(tmp_path_factory.mktemp("accented"), unit_vectors(40, 16, seed=5), rows)
+
+
+@pytest.mark.parametrize("form", ["NFC", "NFD"])
+def test_a_name_typed_in_either_unicode_form_finds_names_stored_in_both(
+    accented: Collection, lookup: str, form: str
+) -> None:
+    with TestClient(create_app(accented.settings(use_sidecar=lookup == "sidecar"))) as client:
+        typed = unicodedata.normalize(form, " MARIPOSA  monarca común\u200b")
+        body = _search(client, accented, 0, top_n=40, filters=[{"rank": "common_name", "value": typed}])
+        ids = {hit["record"]["id"] for hit in body["results"][0]["hits"]}
+        assert ids == {i for i in range(40) if i % 4 < 2}  # both stored forms, nothing else
+        species = unicodedata.normalize(form, "ñandúa epithet3")
+        body = _search(client, accented, 0, top_n=40, filters=[{"rank": "species", "value": species}])
+        assert [hit["record"]["id"] for hit in body["results"][0]["hits"]] == [3]

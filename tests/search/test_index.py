@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from collection.build import write_metadata
 from services.search.app import create_app
-from services.search.build import write_metadata
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from tests.search.conftest import Collection, rows_for, unit_vectors, write_collection
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -94,8 +95,22 @@ def test_stats_describe_index_and_metadata(client: TestClient) -> None:
     assert stats == {
         "index_type": "IndexFlatIP", "vectors": 200, "dim": 16, "nlist": None, "default_nprobe": None,
         "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes", "coarse_quantizer": None,
-        "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000, "max_nprobe": None,
+        "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000, "max_nprobe": None, "collection": None,
     }  # fmt: skip
+
+
+def test_stats_name_the_collection_pinned_in_the_data_folders_lock_file(tmp_path: Path) -> None:
+    collection = write_collection(tmp_path / "data", unit_vectors(50, 16), rows_for(50))
+    pin = {"repo": "imageomics/bioclip-image-search-lite", "revision": "main", "commit": "ab" * 20}
+    lock = {"format": 1, "parts": {"collection": {**pin, "repo_type": "model", "files": {}}}}
+    (collection.folder / "hub.lock.json").write_text(json.dumps(lock))
+    with TestClient(create_app(collection.settings())) as client:
+        assert client.get("/v1/stats").json()["collection"] == pin
+    # An index named elsewhere is not the one the lock file speaks for.
+    elsewhere = write_collection(tmp_path / "other", unit_vectors(50, 16), rows_for(50))
+    settings = collection.settings(index_path=elsewhere.folder / INDEX_FILE)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/stats").json()["collection"] is None
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from services.common.schemas.taxonomy import Taxonomy
+from services.common.vocabulary import CladeRank, Rank, Taxonomy, clean
 
 Preprocessing = Literal["pybioclip", "open_clip"]
 
@@ -34,7 +34,18 @@ class ModelInfo(BaseModel):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: str
-    precision: str
+    precision: str = Field(description="What the model runs in: fp32, bf16, fp16 or int8.")
+    precision_requested: str | None = Field(None, description="EMBEDDER_PRECISION as set (auto or a precision).")
+    precision_reason: str | None = Field(None, description="Why this precision: the setting, or auto's reasoning.")
+    cpu_capability: str | None = Field(
+        None, description="The vector ISA PyTorch's CPU kernels dispatch to (DEFAULT, AVX2, AVX512, ...)."
+    )
+    precision_probe_ms: dict[str, float] | None = Field(
+        None,
+        description="auto's start-up probe: ms for one of the model's transformer blocks at batch 1, per candidate "
+        "precision (the fastest of three runs); null when nothing was probed.",
+    )
+    precision_probe_seconds: float | None = Field(None, description="How long the probe took at start-up, in s.")
     parameters: int
     torch_threads: int | None = Field(None, description="torch intra-op threads in use.")
     max_batch_size: int | None = Field(None, description="Most images in one forward pass.")
@@ -43,10 +54,6 @@ class ModelInfo(BaseModel):
     tree_of_life_labels: int | None = Field(
         None, description="TreeOfLife species labels loaded for POST /v1/classify; null when none are configured."
     )
-
-
-Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
-CladeRank = Literal["kingdom", "phylum", "class", "order", "family", "genus"]
 
 
 class Clade(BaseModel):
@@ -62,7 +69,7 @@ class Clade(BaseModel):
             rank, sep, value = data.partition(":")
             if not sep:
                 raise ValueError('a clade as text is "rank:name", e.g. "class:Insecta"')
-            return {"rank": rank.strip().lower(), "value": value.strip()}
+            return {"rank": rank.strip().lower(), "value": clean(value)}
         return data
 
 

@@ -7,7 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-ImageSize = Literal["thumb", "medium", "full"]
+from services.common.vocabulary import ImageSize
+
+__all__ = ["ImageSize"]
+
 StatusWord = Literal[
     "ok",
     "bad_url",

@@ -4,76 +4,28 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, computed_field, model_validator
 
-Scope = Literal["all", "url_only", "inaturalist", "bioclip2_training"]
-Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name"]
-Stopped = Literal["filled", "min_similarity", "exhausted", "max_candidates", "max_nprobe", "max_rounds"]
+from services.common.vocabulary import (
+    SCOPES,
+    STOPPED,
+    FilterRank,
+    Scope,
+    SearchParameters,
+    Stopped,
+    TaxonFilter,
+    Taxonomy,
+    scientific_name,
+)
 
-SCOPES: dict[str, str] = {
-    "all": "every record",
-    "url_only": "records whose image has a source URL",
-    "inaturalist": "records with a URL published by iNaturalist through GBIF",
-    "bioclip2_training": "records BioCLIP-2 was trained on",
-}
-
-STOPPED: dict[str, str] = {
-    "filled": "top_n hits found",
-    "min_similarity": "the remaining neighbours are less similar than min_similarity",
-    "exhausted": "every vector the index can reach was examined",
-    "max_candidates": "SEARCH_MAX_CANDIDATES neighbours examined",
-    "max_nprobe": "SEARCH_MAX_NPROBE lists visited and they ran dry",
-    "max_rounds": "SEARCH_MAX_ROUNDS widening rounds done",
-}
+__all__ = ["SCOPES", "STOPPED", "FilterRank", "Scope", "SearchParameters", "Stopped", "TaxonFilter"]
 
 
-class TaxonFilter(BaseModel):
-    """`rank` = `value`. Case-insensitive, whitespace-trimmed, exact (not a prefix or a substring)."""
+class SearchRequest(SearchParameters):
+    """The search parameters, with the query vectors they apply to."""
 
-    rank: Rank = Field(description="The rank to compare.")
-    value: str = Field(
-        min_length=1,
-        max_length=200,
-        description="The name at that rank, e.g. Lepidoptera. For `species`, the epithet (`plexippus`) or "
-        "genus and epithet (`Danaus plexippus`).",
-    )
-
-    @field_validator("value")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if not value:
-            raise ValueError("a filter value must not be blank")
-        return value
-
-
-class SearchRequest(BaseModel):
     vectors: list[list[float]] = Field(
         min_length=1, max_length=16, description="Query vectors (1 to 16), each of the index's dimension."
-    )
-    top_n: int = Field(10, ge=1, le=200, description="Hits per query vector.")
-    nprobe: int | None = Field(
-        None, ge=1, le=65536, description="IVF lists to visit; clamped to the index's nlist. Default: the service's."
-    )
-    ef_search: int | None = Field(
-        None,
-        ge=1,
-        le=4096,
-        description="HNSW search breadth (an HNSW index, or an IVF's HNSW coarse quantizer, where it is at least "
-        "nprobe). Default: the service's.",
-    )
-    scope: Scope = Field("all", description="Which records may be hits.")
-    filters: list[TaxonFilter] = Field(
-        default_factory=list, max_length=8, description="Taxon filters; a hit must pass all of them (AND)."
-    )
-    min_similarity: float | None = Field(
-        None, ge=-1.0, le=1.0, description="Leave out hits less similar than this (cosine)."
-    )
-    max_per_source: int | None = Field(
-        None, ge=1, le=200, description="At most this many hits with the same source_id (source record)."
-    )
-    max_per_species: int | None = Field(
-        None, ge=1, le=200, description="At most this many hits of the same species (genus and epithet)."
     )
 
     @model_validator(mode="after")
@@ -83,19 +35,11 @@ class SearchRequest(BaseModel):
         return self
 
 
-class Record(BaseModel):
-    """One metadata row, with its source URL rebuilt."""
+class Record(Taxonomy):
+    """One metadata row, with its source URL rebuilt: a `Taxonomy` and where the record comes from."""
 
     id: int = Field(description="The record id, which is also its FAISS vector id.")
     uuid: str | None = None
-    kingdom: str | None = None
-    phylum: str | None = None
-    class_: str | None = Field(None, alias="class")
-    order: str | None = None
-    family: str | None = None
-    genus: str | None = None
-    species: str | None = Field(None, description="The species epithet only, as in the TreeOfLife data.")
-    scientific_name: str | None = Field(None, description="Genus and epithet together, when both are known.")
     common_name: str | None = None
     source_dataset: str | None = None
     source_id: str | None = None
@@ -106,7 +50,14 @@ class Record(BaseModel):
     has_url: bool = False
     in_bioclip2_training: bool | None = None
 
-    model_config = {"populate_by_name": True}
+    @computed_field(description="Genus and epithet together, when both are known.")  # type: ignore[prop-decorator]
+    @property
+    def scientific_name(self) -> str | None:
+        return scientific_name(self.genus, self.species)
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy.model_validate(self.ranks())
 
 
 class Hit(BaseModel):
@@ -165,6 +116,14 @@ class RecordVector(BaseModel):
     encoding: str = Field(description="The FAISS index class the vector was decoded from.")
 
 
+class CollectionPin(BaseModel):
+    """Where a downloaded collection came from: its hub repo and the commit pinned in the data folder's lock file."""
+
+    repo: str = Field(description="The hub repo, e.g. imageomics/bioclip-image-search-lite.")
+    revision: str = Field(description="The revision asked for (a branch, tag or commit).")
+    commit: str = Field(description="The commit the files are from (40 hex digits).")
+
+
 class SearchStats(BaseModel):
     index_type: str
     vectors: int
@@ -183,3 +142,6 @@ class SearchStats(BaseModel):
     reconstruct: bool = Field(True, description="Whether GET /v1/records/{id}/vector can answer.")
     max_candidates: int = Field(10_000, description="Most neighbours one query may examine (the fill bound).")
     max_nprobe: int | None = Field(None, description="Most IVF lists one query may visit (the fill bound).")
+    collection: CollectionPin | None = Field(
+        None, description="The hub repo and commit of a downloaded collection (`make data`); null for others."
+    )

@@ -1,11 +1,12 @@
-"""The lookup sidecar: per-id arrays that judge candidates without touching DuckDB.
+"""The lookup sidecar's writer: per-id arrays that let the search judge candidates without touching DuckDB.
 
 A scoped or filtered search examines hundreds or thousands of candidate ids per query. Asking
 DuckDB for their rows costs a block load per column per scattered row (and any filter beside
 `id IN (...)` turns the lookup into a table scan), and how much it costs depends on how the table
 is sorted. The sidecar sits beside the metadata file and is addressed by id alone:
 
-    flags.npy    uint8 per id: present, has_url, inaturalist, in_bioclip2_training (+ whether known)
+    flags.npy    uint8 per id: present, one bit per scope (the vocabulary's table, its SQL evaluated
+                 here), whether in_bioclip2_training is known, whether the uuid is known
     taxon.npy    uint32 per id: a code into taxa.parquet (NO_TAXON where the id has no row)
     taxa.parquet the distinct (kingdom .. species, common_name) tuples, row i = code i
     manifest.json format, row count, id range, URL layout, the metadata file it was made from
@@ -22,9 +23,10 @@ block load per column per row):
     blocks.npy   zlib-compressed, each block led by its slots' offsets; blocks.npy: where blocks start
     prefixes.parquet the url_prefixes table
 
-It is written by the builder, or made from any metadata file (the pre-built one included) with:
+The search service reads it (services/search/lookup.py). It is written by the builder, or made from
+any metadata file (the pre-built one included) with:
 
-    python -m services.search.sidecar --metadata data/duckdb/metadata.duckdb --out DIR
+    python -m collection sidecar --metadata data/duckdb/metadata.duckdb --out DIR
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ import json
 import logging
 import shutil
 import sys
-import threading
 import time
-import uuid as uuid_module
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,42 +46,28 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from services.search.filters import RANKS, Criteria, TaxonFilter
+from services.common.vocabulary import FILTER_RANKS, SCOPE_TABLE
+from services.search.lookup import (
+    BLOCK,
+    FORMAT,
+    NO_TAXON,
+    SOURCE_FIELDS,
+    TRAINING_KNOWN,
+    UUID_KNOWN,
+    SidecarError,
+    sidecar_source,
+)
 
 logger = logging.getLogger(__name__)
-
-FORMAT = 1
-NO_TAXON = np.uint32(0xFFFFFFFF)
-NO_PREFIX = 0xFFFF
-PRESENT, HAS_URL, INATURALIST, TRAINING, TRAINING_KNOWN, UUID_KNOWN = 1, 2, 4, 8, 16, 32
-BLOCK = 128  # ids per compressed block of strings: a few KB, microseconds to inflate
-SOURCE_FIELDS = ("source_dataset", "publisher", "img_type", "basis_of_record")
-_FIELD_SEP = "\x1f"
-SCOPE_BITS = {"all": PRESENT, "url_only": HAS_URL, "inaturalist": INATURALIST, "bioclip2_training": TRAINING}
-_NAME_CACHE_LIMIT = 65_536
-BINOMIAL = "genus epithet"  # the key of binomial names among the ranks' names
-
-
-class SidecarError(RuntimeError):
-    """The sidecar is missing, unreadable or belongs to another metadata file."""
-
-
-def sidecar_source(metadata: Path) -> dict[str, Any]:
-    """What ties a sidecar to its metadata file."""
-    stat = metadata.stat()
-    return {"name": metadata.name, "size": stat.st_size}
 
 
 @dataclass(frozen=True)
 class _Columns:
     ranks: list[str]
-    has_url: str
-    inaturalist: str
-    training: str
+    scope_flags: str  # the sum of every scope's bit times its SQL
     training_known: str
     sources: list[str]  # SOURCE_FIELDS, then the URL prefix id
     uuid: str
@@ -99,7 +85,7 @@ def _columns(con: duckdb.DuckDBPyConnection) -> _Columns:
     }
     if "id" not in present:
         raise SidecarError("the metadata table has no `id` column")
-    ranks = [f'"{rank}"::VARCHAR' if rank in present else "NULL::VARCHAR" for rank in RANKS]
+    ranks = [f'"{rank}"::VARCHAR' if rank in present else "NULL::VARCHAR" for rank in FILTER_RANKS]
     if "has_url" in present:
         has_url = "coalesce(has_url, false)"
     elif "identifier_suffix" in present:
@@ -110,8 +96,15 @@ def _columns(con: duckdb.DuckDBPyConnection) -> _Columns:
         has_url = "false"
     source = '"source_dataset"::VARCHAR' if "source_dataset" in present else "NULL"
     publisher = '"publisher"::VARCHAR' if "publisher" in present else "NULL"
-    inaturalist = f"coalesce(({has_url}) AND {source} = 'gbif' AND lower({publisher}) LIKE '%inaturalist%', false)"
-    training = "coalesce(in_bioclip2_training, false)" if "in_bioclip2_training" in present else "false"
+    training = "in_bioclip2_training" if "in_bioclip2_training" in present else "NULL::BOOLEAN"
+    # The columns a scope's SQL names, as this database can give them (older files lack some).
+    scope_columns = {
+        "has_url": has_url,
+        "source_dataset": source,
+        "publisher": publisher,
+        "in_bioclip2_training": training,
+    }
+    scope_flags = " + ".join(f"{rule.bit} * ({rule.sql(scope_columns)})::UTINYINT" for rule in SCOPE_TABLE)
     known = "in_bioclip2_training IS NOT NULL" if "in_bioclip2_training" in present else "false"
 
     def text(column: str) -> str:
@@ -126,7 +119,7 @@ def _columns(con: duckdb.DuckDBPyConnection) -> _Columns:
         layout, prefix, tail = "none", "NULL::INTEGER", "NULL::VARCHAR"
     sources = [text("source_dataset"), text("publisher"), text("img_type"), text("basisOfRecord"), prefix]
     uuid_expr = "uuid::VARCHAR" if "uuid" in present else "NULL::VARCHAR"
-    return _Columns(ranks, has_url, inaturalist, training, known, sources, uuid_expr, text("source_id"), tail, layout)
+    return _Columns(ranks, scope_flags, known, sources, uuid_expr, text("source_id"), tail, layout)
 
 
 def _string_values(array: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
@@ -258,13 +251,18 @@ def write_sidecar(
     band_ids: int = BAND_IDS,
     memory_limit: str = MEMORY_LIMIT,
 ) -> dict[str, Any]:
-    """Make the sidecar of a metadata file; written aside, then moved in place.
+    """Make the sidecar of a metadata file; written aside, then moved in place. Returns the manifest.
 
-    One pass per band of `band_ids` ids (`WHERE id >= low AND id < high`, sorted by id within the
-    band only), so memory is bounded by the band and DuckDB's `memory_limit` (it spills to a temp
-    folder in the staging folder), not by the table: sorting all 234M TreeOfLife rows by id, or
-    mapping ~6 GB of arrays written in random order, would not fit a 16 GB workstation.
+    One scan of the table splits its rows by band of `band_ids` ids into temporary Parquet files;
+    each band is then sorted by id alone and its slice of every array written, front to back. So
+    memory is bounded by the band and DuckDB's `memory_limit` (it spills to a temp folder in the
+    staging folder), not by the table: sorting all 234M TreeOfLife rows by id, or mapping ~6 GB of
+    arrays written in random order, would not fit a 16 GB workstation (docs/benchmarks/scale.md).
+
+    Raises SidecarError (malformed metadata), duckdb.Error and OSError.
     """
+    if band_ids < 1:
+        raise SidecarError(f"band_ids must be at least 1, not {band_ids}")
     started = time.perf_counter()
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -282,7 +280,7 @@ def write_sidecar(
         ranks = ", ".join(f"{expr} AS r{i}" for i, expr in enumerate(cols.ranks))
         key = f"hash({', '.join(cols.ranks)})"
         # Distinct taxon tuples, keyed by a hash of all eight ranks (NULLs included) for the join below.
-        names = ", ".join(f"r{i}" for i in range(len(RANKS)))
+        names = ", ".join(f"r{i}" for i in range(len(FILTER_RANKS)))
         con.execute(
             f"""CREATE TEMP TABLE taxa AS
                 SELECT (row_number() OVER (ORDER BY {names}) - 1)::UINTEGER AS code, hash({names}) AS key, *
@@ -291,7 +289,7 @@ def write_sidecar(
         taxa_count, keys = con.execute("SELECT count(*), count(DISTINCT key) FROM taxa").fetchall()[0]
         if taxa_count != keys:
             raise SidecarError("two taxon tuples share a hash; cannot make the sidecar")
-        columns = ", ".join(f'r{i} AS "{rank}"' for i, rank in enumerate(RANKS))
+        columns = ", ".join(f'r{i} AS "{rank}"' for i, rank in enumerate(FILTER_RANKS))
         taxa = con.sql(f"SELECT {columns} FROM taxa ORDER BY code")
         pq.write_table(taxa.to_arrow_table(), staging / "taxa.parquet")
         sources = _sources_table(con, cols, staging) if records else None
@@ -300,8 +298,7 @@ def write_sidecar(
         writers = [flags, taxon]
         uuid_known = f"{UUID_KNOWN} * ({cols.uuid} IS NOT NULL)::UTINYINT"
         select = f"""m.id::BIGINT AS id, t.code AS code,
-                       ({PRESENT} + {HAS_URL} * ({cols.has_url})::UTINYINT
-                        + {INATURALIST} * ({cols.inaturalist})::UTINYINT + {TRAINING} * ({cols.training})::UTINYINT
+                       ({cols.scope_flags}
                         + {TRAINING_KNOWN} * ({cols.training_known})::UTINYINT + {uuid_known})::UTINYINT AS flags"""
         joins = f"JOIN taxa t ON {key} = t.key"
         if records:
@@ -394,213 +391,7 @@ def write_sidecar(
     return manifest
 
 
-class LookupSidecar:
-    """The sidecar, opened read-only; every method takes an array of ids and is safe from many threads."""
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            self.manifest = json.loads((folder / "manifest.json").read_text())
-            if self.manifest.get("format") != FORMAT:
-                raise SidecarError(f"{folder}: sidecar format {self.manifest.get('format')}, expected {FORMAT}")
-            self.flags = np.load(folder / "flags.npy", mmap_mode="r")
-            self.taxon = np.load(folder / "taxon.npy", mmap_mode="r")
-            taxa = pq.read_table(folder / "taxa.parquet")
-        except (OSError, ValueError, KeyError) as exc:
-            raise SidecarError(f"could not read the sidecar at {folder}: {exc}") from exc
-        self.folder = folder
-        self.rows = int(self.manifest["rows"])
-        self.id_end = int(self.manifest["id_end"])
-        if len(self.flags) != self.id_end or len(self.taxon) != self.id_end or taxa.num_rows != self.manifest["taxa"]:
-            raise SidecarError(f"{folder}: the sidecar's arrays disagree with its manifest")
-        # The taxa stay Arrow arrays: a hit's names are taken by code when its row is built. As Python
-        # lists, TreeOfLife's ~1M taxa cost ~0.5 GB of private memory and ~15 s of start-up.
-        self._taxa = taxa.combine_chunks()
-        # Per rank, made on the first filter at that rank: the distinct normalised names, and each
-        # taxon's index into them. A filter then costs a lookup of its value, not a pass over all taxa.
-        self._normalised: dict[str, tuple[pa.Array, np.ndarray]] = {}
-        self._normalising = threading.Lock()
-        self._name_indices: dict[tuple[str, str], int] = {}
-        self._binomial_names: pa.ChunkedArray | None = None
-        encoded = pc.dictionary_encode(self._binomial).combine_chunks()
-        # -1: no species to count by, so max_per_species does not apply.
-        self._species_keys = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        self._binomial_names = None  # made again if a binomial filter asks for it
-        self.has_records = bool(self.manifest.get("records"))
-        self.url_layout = str(self.manifest.get("url_layout", "none"))
-        if self.has_records:
-            try:
-                self._uuids = np.load(folder / "uuid.npy", mmap_mode="r")
-                self._source = np.load(folder / "source.npy", mmap_mode="r")
-                self._blocks = np.load(folder / "blocks.npy")
-                # np.memmap cannot map an empty file (a collection without strings).
-                strings = folder / "strings.bin"
-                self._strings = np.memmap(strings, dtype=np.uint8, mode="r") if self._blocks[-1] else None
-                sources = pq.read_table(folder / "sources.parquet")
-                columns = [sources.column(name).to_pylist() for name in sources.column_names]
-                self._sources = list(zip(*columns, strict=True))
-                self._prefixes: dict[int, str] = {}
-                if (folder / "prefixes.parquet").is_file():
-                    prefixes = pq.read_table(folder / "prefixes.parquet")
-                    ids, texts = prefixes.column("prefix_id").to_pylist(), prefixes.column("prefix").to_pylist()
-                    self._prefixes = dict(zip(ids, texts, strict=True))
-            except (OSError, ValueError, KeyError) as exc:
-                raise SidecarError(f"could not read the sidecar's records at {folder}: {exc}") from exc
-
-    @property
-    def _binomial(self) -> pa.ChunkedArray:
-        """ "genus epithet" per taxon, lower case; null when either is unknown."""
-        if self._binomial_names is None:
-            genus = pc.utf8_lower(self._taxa.column("genus"))
-            epithet = pc.utf8_lower(self._taxa.column("species"))
-            self._binomial_names = pc.binary_join_element_wise(genus, epithet, " ")
-        return self._binomial_names
-
-    def _names(self, codes: np.ndarray) -> list[dict[str, Any]]:
-        """The ranks of each taxon code (all valid), as row fields."""
-        if not len(codes):
-            return []
-        taken = self._taxa.take(pa.array(codes, type=pa.uint32())).select(list(RANKS))
-        return taken.to_pylist()
-
-    @classmethod
-    def open(cls, folder: Path, *, metadata: Path, rows: int) -> LookupSidecar:
-        if not (folder / "manifest.json").is_file():
-            raise SidecarError(f"no lookup sidecar at {folder}")
-        sidecar = cls(folder)
-        if sidecar.rows != rows or sidecar.manifest.get("source", {}).get("size") != metadata.stat().st_size:
-            raise SidecarError(f"the sidecar at {folder} was made from another metadata file; make it again")
-        return sidecar
-
-    def _clip(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64)
-        inside = (ids >= 0) & (ids < self.id_end)
-        return np.where(inside, ids, 0), inside
-
-    def flags_of(self, ids: np.ndarray) -> np.ndarray:
-        safe, inside = self._clip(ids)
-        return np.where(inside, self.flags[safe], 0).astype(np.uint8)
-
-    def codes_of(self, ids: np.ndarray) -> np.ndarray:
-        safe, inside = self._clip(ids)
-        return np.where(inside, self.taxon[safe], NO_TAXON).astype(np.uint32)
-
-    def _rank_names(self, rank: str) -> tuple[pa.Array, np.ndarray]:
-        """A rank's distinct normalised names and, per taxon, the index of its name (-1: none); made once."""
-        found = self._normalised.get(rank)
-        if found is None:
-            with self._normalising:
-                found = self._normalised.get(rank)
-                if found is None:
-                    column = self._binomial if rank == BINOMIAL else pc.utf8_lower(self._taxa.column(rank))
-                    # Whitespace runs in stored names compare as one space, as in filters.normalise.
-                    column = pc.utf8_trim_whitespace(pc.replace_substring_regex(column, r"\s+", " "))
-                    encoded = pc.dictionary_encode(column).combine_chunks()
-                    indices = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-                    found = self._normalised[rank] = (encoded.dictionary, indices)
-        return found
-
-    def _name_index(self, taxon: TaxonFilter) -> tuple[np.ndarray, int]:
-        """The taxa's name indices at the filter's rank, and the index of the filter's value (-1: no taxon)."""
-        rank = BINOMIAL if taxon.binomial else taxon.rank
-        names, indices = self._rank_names(rank)
-        key = (rank, taxon.value)
-        index = self._name_indices.get(key)
-        if index is None:
-            index = int(pc.index(names, taxon.value).as_py())
-            if len(self._name_indices) >= _NAME_CACHE_LIMIT:
-                self._name_indices.clear()
-            self._name_indices[key] = index
-        return indices, index
-
-    def taxon_mask(self, taxon: TaxonFilter) -> np.ndarray:
-        """Which taxa (by code) a filter keeps, as one boolean per taxon."""
-        indices, index = self._name_index(taxon)
-        return indices == index if index >= 0 else np.zeros(len(indices), dtype=bool)
-
-    def screen(self, ids: np.ndarray, criteria: Criteria) -> np.ndarray:
-        """A boolean per id: it has a row, is in the scope and passes every taxon filter."""
-        flags = self.flags_of(ids)
-        keep = (flags & SCOPE_BITS[criteria.scope]) != 0
-        if criteria.filters and keep.any():
-            codes = self.codes_of(ids)
-            known = codes != NO_TAXON
-            safe = np.where(known, codes, 0)
-            for taxon in criteria.filters:
-                # Only the candidates' taxa are compared: no pass over all taxa per query (~1M at full size).
-                indices, index = self._name_index(taxon)
-                keep &= known & (indices[safe] == index) if index >= 0 else False
-        return keep
-
-    def species_keys(self, ids: np.ndarray) -> np.ndarray:
-        codes = self.codes_of(ids)
-        known = codes != NO_TAXON
-        return np.where(known, self._species_keys[np.where(known, codes, 0)], -1)
-
-    def _block(self, block: int) -> bytes:
-        start, stop = int(self._blocks[block]), int(self._blocks[block + 1])
-        if self._strings is None or stop == start:
-            return bytes(4 * (BLOCK + 1))
-        return zlib.decompress(self._strings[start:stop].tobytes())
-
-    @staticmethod
-    def _slot(block: bytes, slot: int) -> str:
-        start, stop = np.frombuffer(block, dtype=np.uint32, count=2, offset=4 * slot)
-        header = 4 * (BLOCK + 1)
-        return block[header + int(start) : header + int(stop)].decode()
-
-    def records(self, ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Whole rows (as the metadata table has them, URL rebuilt) without asking DuckDB; needs `records`."""
-        wanted = np.asarray(sorted({int(i) for i in ids}), dtype=np.int64)
-        flags = self.flags_of(wanted)
-        wanted = wanted[(flags & PRESENT) != 0]
-        flags = self.flags_of(wanted)
-        codes = self.codes_of(wanted)
-        sources = self._source[wanted] if len(wanted) else np.zeros(0, dtype=np.uint32)
-        uuids = self._uuids[wanted] if len(wanted) else np.zeros((0, 16), dtype=np.uint8)
-        names = self._names(codes)
-        blocks: dict[int, bytes] = {}
-        found: dict[int, dict[str, Any]] = {}
-        for position, record_id in enumerate(wanted.tolist()):
-            block = record_id // BLOCK
-            if block not in blocks:
-                blocks[block] = self._block(block)
-            source_id, _, tail = self._slot(blocks[block], record_id % BLOCK).partition(_FIELD_SEP)
-            dataset, publisher, img_type, basis, prefix_id = self._sources[int(sources[position])]
-            flag = int(flags[position])
-            if self.url_layout == "url_prefixes":
-                prefix = self._prefixes.get(prefix_id) if prefix_id is not None else None
-                url = prefix + tail if prefix is not None and tail else None
-            else:
-                url = tail or None
-            row = names[position]
-            row |= {
-                "id": record_id,
-                "uuid": str(uuid_module.UUID(bytes=uuids[position].tobytes())) if flag & UUID_KNOWN else None,
-                "source_dataset": dataset,
-                "source_id": source_id or None,
-                "publisher": publisher,
-                "img_type": img_type,
-                "basis_of_record": basis,
-                "url": url,
-                "has_url": bool(flag & HAS_URL),
-                "in_bioclip2_training": bool(flag & TRAINING) if flag & TRAINING_KNOWN else None,
-            }
-            found[record_id] = row
-        return found
-
-    def taxonomy(self, record_id: int) -> dict[str, Any] | None:
-        """The ranks and the flag columns of one id, as a metadata row has them; None without a row."""
-        flags = int(self.flags_of(np.asarray([record_id]))[0])
-        if not flags & PRESENT:
-            return None
-        row = self._names(self.codes_of(np.asarray([record_id])))[0]
-        row["has_url"] = bool(flags & HAS_URL)
-        row["in_bioclip2_training"] = bool(flags & TRAINING) if flags & TRAINING_KNOWN else None
-        return row
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.search.sidecar", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", type=Path, required=True, help="the DuckDB metadata file")
     parser.add_argument("--out", type=Path, required=True, help="the sidecar folder to write")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
@@ -609,19 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-records", action="store_true", help="scope flags and taxa only: hits' rows then come from DuckDB"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the sidecar; a failure is a message on stderr and exit status 1."""
     try:
         manifest = write_sidecar(
-            args.metadata, args.out, threads=args.threads, records=not args.no_records, band_ids=args.band_ids,
+            args.metadata,
+            args.out,
+            threads=args.threads,
+            records=not args.no_records,
+            band_ids=args.band_ids,
             memory_limit=args.memory_limit,
-        )  # fmt: skip
+        )
     except (SidecarError, duckdb.Error, OSError) as exc:
         print(f"sidecar failed: {exc}", file=sys.stderr)
         return 1
     print(f"sidecar: {manifest['rows']} rows, {manifest['taxa']} taxa -> {args.out}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

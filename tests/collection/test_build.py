@@ -18,18 +18,18 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from services.search.app import create_app
-from services.search.build import (
+from collection.__main__ import main as collection_main
+from collection.build import (
     BuildError,
     build_collection,
     choose_index,
-    main,
     read_manifest,
     split_url,
     write_index,
     write_metadata,
 )
-from services.search.metadata import default_sidecar_path
+from services.search.app import create_app
+from services.search.lookup import default_sidecar_path
 from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
 from tests.search.conftest import rows_for, unit_vectors
 
@@ -218,8 +218,8 @@ def test_ready_made_embeddings_build_a_collection_from_the_command_line(
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
     vectors = unit_vectors(30, DIM, seed=4)
     np.save(tmp_path / "vectors.npy", vectors)
-    code = main(
-        ["--manifest", str(tmp_path / "rows.parquet"), "--embeddings", str(tmp_path / "vectors.npy"),
+    code = collection_main(
+        ["build", "--manifest", str(tmp_path / "rows.parquet"), "--embeddings", str(tmp_path / "vectors.npy"),
          "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert code == 0
@@ -232,8 +232,8 @@ def test_embeddings_whose_count_differs_from_the_manifest_are_refused(
 ) -> None:
     pq.write_table(pa.Table.from_pylist(rows_for(30)), tmp_path / "rows.parquet")
     np.save(tmp_path / "vectors.npy", unit_vectors(29, DIM))
-    code = main(
-        ["--manifest", str(tmp_path / "rows.parquet"), "--embeddings", str(tmp_path / "vectors.npy"),
+    code = collection_main(
+        ["build", "--manifest", str(tmp_path / "rows.parquet"), "--embeddings", str(tmp_path / "vectors.npy"),
          "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert code == 1

@@ -1,7 +1,7 @@
 """The collection builder: a manifest of images in, a FAISS index, a DuckDB metadata file and its sidecar out.
 
-    python -m services.search.build --manifest photos.csv --embedder http://127.0.0.1:8001 --out data/
-    python -m services.search.build --manifest rows.parquet --embeddings vectors.npy --out data/
+    python -m collection build --manifest photos.csv --embedder http://127.0.0.1:8001 --out data/
+    python -m collection build --manifest rows.parquet --embeddings vectors.npy --out data/
 
 The manifest (CSV or Parquet) has one row per image: `url` (where the image is published) and/or
 `path` (a local copy to embed instead of downloading), plus any of the taxonomy and source columns
@@ -43,23 +43,20 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from collection.sidecar import SidecarError, write_sidecar
+from services.common.vocabulary import FILTER_RANKS, RANKS
 from services.search.index import AUTO_HNSW_FROM_NLIST, hnsw_over_centroids
-from services.search.metadata import default_sidecar_path
+from services.search.lookup import default_sidecar_path
 from services.search.settings import INDEX_FILE, METADATA_FILE
-from services.search.sidecar import write_sidecar
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "bioclip-image-search-builder/0.1 (+https://github.com/imageomics/bioclip-image-search)"
-TEXT_COLUMNS = (
-    "kingdom", "phylum", "class", "order", "family", "genus", "species", "common_name",
-    "source_dataset", "source_id", "publisher", "img_type", "basisOfRecord",
-)  # fmt: skip
-# Few distinct values: stored as DuckDB ENUMs (a byte or two per row instead of a string).
-ENUM_COLUMNS = (
-    "kingdom", "phylum", "class", "order", "family", "source_dataset", "publisher", "img_type", "basisOfRecord",
-)  # fmt: skip
-TAXONOMY_ORDER = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+TEXT_COLUMNS = (*FILTER_RANKS, "source_dataset", "source_id", "publisher", "img_type", "basisOfRecord")
+# Few distinct values (kingdom .. family, and the source columns): stored as DuckDB ENUMs (a byte or two per
+# row instead of a string).
+ENUM_COLUMNS = (*RANKS[: RANKS.index("genus")], "source_dataset", "publisher", "img_type", "basisOfRecord")
+TAXONOMY_ORDER = RANKS
 EXACT_BELOW = 100_000
 MAX_PREFIXES = 65_535
 CHUNK_ROWS = 4096
@@ -472,8 +469,7 @@ def build_collection(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.search.build", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="CSV, TSV or Parquet manifest")
     parser.add_argument("--embedder", default="http://127.0.0.1:8001", help="embedder service URL")
     parser.add_argument(
@@ -484,15 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="images per embedder request")
     parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="manifest rows per saved (resumable) chunk")
     parser.add_argument("--restart", action="store_true", help="discard embeddings saved by an earlier run")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the collection; a failure is a message on stderr and exit status 1."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         summary = build_collection(
             args.manifest, embedder=args.embedder, out=args.out, index_kind=args.index, batch_size=args.batch_size,
             embeddings=args.embeddings, chunk_rows=args.chunk_rows, restart=args.restart,
         )  # fmt: skip
-    except BuildError as exc:
+    except (BuildError, SidecarError, duckdb.Error, OSError) as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1
     print(
@@ -500,7 +498,3 @@ def main(argv: list[str] | None = None) -> int:
         f"index {summary['index']}, in {summary['seconds']} s -> {summary['out']}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

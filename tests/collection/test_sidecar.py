@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import time
-import tracemalloc
 from contextlib import closing
 from pathlib import Path
 
@@ -13,23 +11,30 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from services.search.build import write_metadata
-from services.search.filters import Criteria, TaxonFilter, row_matches, species_key
-from services.search.metadata import MetadataStore, default_sidecar_path
-from services.search.sidecar import LookupSidecar, write_sidecar
-from services.search.sidecar import main as sidecar_main
+from collection.__main__ import main as collection_main
+from collection.build import write_metadata
+from collection.sidecar import write_sidecar
+from services.common.vocabulary import TaxonFilter, species_key
+from services.search.filters import Criteria, row_matches
+from services.search.lookup import LookupSidecar, RecordLookup, SidecarLookup, default_sidecar_path, open_lookup
+from services.search.metadata import MetadataStore
 from tests.search.conftest import rows_for
+
+
+def lookup(path: Path, *, use_sidecar: bool = True) -> RecordLookup:
+    return open_lookup(MetadataStore(path), use_sidecar=use_sidecar)
+
 
 CRITERIA = [
     Criteria("all"),
     Criteria("url_only"),
     Criteria("inaturalist"),
     Criteria("bioclip2_training"),
-    Criteria("all", (TaxonFilter("order", "LEPIDOPTERA"),)),
-    Criteria("url_only", (TaxonFilter("family", "family3"), TaxonFilter("class", "Insecta"))),
-    Criteria("all", (TaxonFilter("species", "genus2 epithet13"),)),
-    Criteria("all", (TaxonFilter("common_name", "common  7"),)),
-    Criteria("all", (TaxonFilter("genus", "Nowhere"),)),
+    Criteria("all", (TaxonFilter(rank="order", value="LEPIDOPTERA"),)),
+    Criteria("url_only", (TaxonFilter(rank="family", value="family3"), TaxonFilter(rank="class", value="Insecta"))),
+    Criteria("all", (TaxonFilter(rank="species", value="genus2 epithet13"),)),
+    Criteria("all", (TaxonFilter(rank="common_name", value="common  7"),)),
+    Criteria("all", (TaxonFilter(rank="genus", value="Nowhere"),)),
 ]
 
 
@@ -46,19 +51,19 @@ def metadata_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("criteria", CRITERIA, ids=lambda c: f"{c.scope}-{len(c.filters)}")
 def test_sidecar_and_rows_keep_the_same_candidates(metadata_file: Path, criteria: Criteria) -> None:
-    fast = MetadataStore(metadata_file)
-    slow = MetadataStore(metadata_file, use_sidecar=False)
-    assert (fast.lookup, slow.lookup) == ("sidecar", "duckdb")
+    fast = lookup(metadata_file)
+    slow = lookup(metadata_file, use_sidecar=False)
+    assert (fast.name, slow.name) == ("sidecar", "duckdb")
     ids = np.arange(-2, 305)  # a few ids without a row at both ends
     rows = slow.fetch(ids.tolist())
     expected = [i in rows and row_matches(rows[i], criteria) for i in ids.tolist()]
     assert fast.screen(ids, criteria).keep.tolist() == expected == slow.screen(ids, criteria).keep.tolist()
-    assert any(expected) or criteria.filters[0].value == "nowhere"
+    assert any(expected) or criteria.filters[0].key == "nowhere"
 
 
 def test_sidecar_and_rows_count_species_alike(metadata_file: Path) -> None:
-    fast = MetadataStore(metadata_file).screen(np.arange(300), Criteria())
-    slow = MetadataStore(metadata_file, use_sidecar=False).screen(np.arange(300), Criteria())
+    fast = lookup(metadata_file).screen(np.arange(300), Criteria())
+    slow = lookup(metadata_file, use_sidecar=False).screen(np.arange(300), Criteria())
     # Same species <-> same key, and no key (no cap) exactly where genus or epithet is missing.
     assert [key is None for key in fast.species] == [key is None for key in slow.species]
     pairs = {(a, b) for a, b in zip(fast.species, slow.species, strict=True) if a is not None}
@@ -67,8 +72,8 @@ def test_sidecar_and_rows_count_species_alike(metadata_file: Path) -> None:
 
 def test_both_paths_give_the_same_records(metadata_file: Path) -> None:
     ids = [*range(0, 300, 7), 9, 13]  # 9: no genus
-    fast = MetadataStore(metadata_file).fetch(ids)
-    slow = MetadataStore(metadata_file, use_sidecar=False).fetch(ids)
+    fast = lookup(metadata_file).fetch(ids)
+    slow = lookup(metadata_file, use_sidecar=False).fetch(ids)
     assert fast == slow and len(fast) == len(ids)
     assert fast[9]["scientific_name"] is None and fast[13]["scientific_name"] == "Genus2 epithet13"
 
@@ -76,8 +81,8 @@ def test_both_paths_give_the_same_records(metadata_file: Path) -> None:
 def test_row_lookups_are_index_scans_on_both_paths(metadata_file: Path) -> None:
     ids = [3, 50, 120, 299]
     for use_sidecar in (True, False):
-        with closing(MetadataStore(metadata_file, use_sidecar=use_sidecar)) as store:
-            assert "Index Scan" in store.fetch_plan(ids)
+        with closing(MetadataStore(metadata_file)) as store:
+            assert "Index Scan" in open_lookup(store, use_sidecar=use_sidecar).fetch_plan(ids)
     gc.collect()  # other tests' stores, so that a connection of another configuration may open
     # Why scopes are never put beside `id IN (...)`: DuckDB then scans the table instead.
     con = duckdb.connect(str(metadata_file), read_only=True)
@@ -94,8 +99,8 @@ def test_a_sidecar_from_another_metadata_file_is_not_used(tmp_path: Path) -> Non
     sidecar.rename(kept)
     write_metadata(rows_for(60), path, sidecar=False)
     kept.rename(sidecar)
-    store = MetadataStore(path)
-    assert store.lookup == "duckdb" and store.rows == 60
+    found = lookup(path)
+    assert found.name == "duckdb" and found.store.rows == 60
 
 
 def test_sidecar_command_makes_one_for_a_legacy_identifier_database(tmp_path: Path) -> None:
@@ -112,24 +117,31 @@ def test_sidecar_command_makes_one_for_a_legacy_identifier_database(tmp_path: Pa
            FROM new.metadata m LEFT JOIN new.url_prefixes p ON m.url_prefix_id = p.prefix_id"""
     )
     con.close()
-    assert sidecar_main(["--metadata", str(legacy), "--out", str(default_sidecar_path(legacy))]) == 0
-    fast, slow = MetadataStore(legacy), MetadataStore(legacy, use_sidecar=False)
-    assert fast.lookup == "sidecar" and fast.url_layout == "identifier"
+    assert collection_main(["sidecar", "--metadata", str(legacy), "--out", str(default_sidecar_path(legacy))]) == 0
+    fast, slow = lookup(legacy), lookup(legacy, use_sidecar=False)
+    assert fast.name == "sidecar" and fast.store.url_layout == "identifier"
     ids = np.arange(80)
-    for criteria in (Criteria("url_only"), Criteria("inaturalist"), Criteria("all", (TaxonFilter("order", "x"),))):
+    for criteria in (
+        Criteria("url_only"),
+        Criteria("inaturalist"),
+        Criteria("all", (TaxonFilter(rank="order", value="x"),)),
+    ):
         assert fast.screen(ids, criteria).keep.tolist() == slow.screen(ids, criteria).keep.tolist()
     assert fast.fetch([20, 21]) == slow.fetch([20, 21])
-    assert species_key(fast.fetch([20])[20]) == ("genus9", "epithet20")
+    assert species_key(fast.fetch([20])[20]) == "genus9 epithet20"
 
 
 def test_without_records_the_hits_rows_come_from_duckdb_the_same(tmp_path: Path) -> None:
     path = tmp_path / "metadata.duckdb"
     write_metadata(rows_for(120), path, sidecar=False)
-    assert sidecar_main(["--metadata", str(path), "--out", str(default_sidecar_path(path)), "--no-records"]) == 0
-    narrow = MetadataStore(path)
-    assert narrow.lookup == "sidecar" and narrow.sidecar is not None and not narrow.sidecar.has_records
+    assert (
+        collection_main(["sidecar", "--metadata", str(path), "--out", str(default_sidecar_path(path)), "--no-records"])
+        == 0
+    )
+    narrow = lookup(path)
+    assert isinstance(narrow, SidecarLookup) and not narrow.sidecar.has_records
     ids = [0, 20, 41, 119, 500]
-    assert narrow.fetch(ids) == MetadataStore(path, use_sidecar=False).fetch(ids)
+    assert narrow.fetch(ids) == lookup(path, use_sidecar=False).fetch(ids)
     assert "Index Scan" in narrow.fetch_plan(ids)
 
 
@@ -149,53 +161,29 @@ def test_the_sidecar_is_the_same_made_in_small_bands_and_batches(metadata_file: 
     assert int(sidecar.flags[299]) & 1 and sidecar.records([299, 5]).keys() == {5, 299}
 
 
-def test_opening_a_sidecar_makes_no_python_objects_per_taxon(tmp_path: Path) -> None:
-    # TreeOfLife has ~1M taxa: as Python strings they took ~0.5 GB and ~15 s of every start-up.
-    path = tmp_path / "metadata.duckdb"
+def test_the_command_takes_the_band_and_memory_options_and_leaves_bands_without_rows_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gaps.duckdb"
     con = duckdb.connect(str(path))
     con.execute(
-        """CREATE TABLE metadata AS SELECT i::INTEGER AS id, 'Class' || (i // 1000) AS class,
-           'Genus' || (i // 3) AS genus, 'epithet' || i AS species FROM range(100000) t(i)"""
+        """CREATE TABLE metadata AS SELECT i::INTEGER AS id, 'Genus' || (i % 7) AS genus, 'e' || i AS species
+           FROM range(420) t(i) WHERE i < 10 OR i >= 400"""
     )
     con.close()
-    write_sidecar(path, default_sidecar_path(path))
-    tracemalloc.start()
-    try:
-        sidecar = LookupSidecar(default_sidecar_path(path))
-        allocated, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert allocated < 2_000_000  # 8 ranks of 100,000 names would be >= 40 MB of str objects
-    assert sidecar.records([99_999])[99_999]["genus"] == "Genus33333"
-    assert sidecar.taxonomy(3000) == {
-        "kingdom": None, "phylum": None, "class": "Class3", "order": None, "family": None, "genus": "Genus1000",
-        "species": "epithet3000", "common_name": None, "has_url": False, "in_bioclip2_training": None,
-    }  # fmt: skip
-    mask = sidecar.screen(np.arange(6), Criteria("all", (TaxonFilter("species", "genus1 epithet4"),)))
-    assert mask.tolist() == [False, False, False, False, True, False]
-
-
-def test_a_filter_by_a_new_name_does_not_pass_over_every_taxon_again(tmp_path: Path) -> None:
-    # Every genus filter used to lower-case and re-normalise every taxon name (~1M at TreeOfLife
-    # scale: ~100 ms each) and keep a 1 MB mask per value. The names are normalised once per rank;
-    # a new value then costs one lookup. Timed against the first call on the same machine, so load
-    # slows both alike: 200 new genera must cost less than 20 first calls (they cost ~200 before).
-    path = tmp_path / "metadata.duckdb"
-    con = duckdb.connect(str(path))
-    con.execute(
-        "CREATE TABLE metadata AS SELECT i::INTEGER AS id, 'Genus ' || (i // 2) AS genus, 'e' || i AS species "
-        "FROM range(200000) t(i)"
-    )
-    con.close()
-    write_sidecar(path, default_sidecar_path(path))
-    sidecar = LookupSidecar(default_sidecar_path(path))
-    ids = np.arange(0, 200_000, 97)
-    started = time.perf_counter()
-    first = sidecar.screen(ids, Criteria("all", (TaxonFilter("genus", "genus  0"),)))
-    first_s = time.perf_counter() - started
-    started = time.perf_counter()
-    kept = [sidecar.screen(ids, Criteria("all", (TaxonFilter("genus", f"GENUS {g}"),))) for g in range(1, 201)]
-    assert time.perf_counter() - started < 20 * first_s
-    assert first.tolist() == [i // 2 == 0 for i in ids.tolist()]
-    assert [int(mask.sum()) for mask in kept[:3]] == [0, 0, 0]
-    assert int(kept[48 - 1].sum()) == 1  # genus 48 holds id 97
+    banded = tmp_path / "banded"
+    args = ["sidecar", "--metadata", str(path), "--out", str(banded), "--band-ids", "50", "--memory-limit", "256MB"]
+    assert collection_main(args) == 0
+    write_sidecar(path, tmp_path / "whole")
+    for name in ("flags.npy", "taxon.npy", "uuid.npy", "source.npy", "strings.bin", "blocks.npy"):
+        assert (tmp_path / "whole" / name).read_bytes() == (banded / name).read_bytes(), name
+    sidecar = LookupSidecar(banded)
+    assert sidecar.codes_of(np.array([9, 10, 250, 399, 400])).tolist()[1:4] == [0xFFFFFFFF] * 3
+    assert sidecar.flags_of(np.array([9, 10, 399, 400])).tolist() == [1, 0, 0, 1]
+    assert sidecar.records([5, 200, 405]).keys() == {5, 405}
+    # Both options reach the writer: a limit DuckDB cannot read and a band of no ids fail with a message.
+    capsys.readouterr()
+    assert collection_main([*args[:4], str(tmp_path / "bad"), "--memory-limit", "lots"]) == 1
+    assert collection_main([*args[:4], str(tmp_path / "bad"), "--band-ids", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("sidecar failed") == 2 and "band_ids" in err

@@ -1,0 +1,1 @@
+"""The offline side: download the published data, and make the files search reads (index, metadata, sidecar)."""

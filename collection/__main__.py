@@ -1,0 +1,30 @@
+"""`python -m collection <command> ...`: one subcommand per module, each with `add_arguments` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from collection import build, download, sidecar
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = {
+    "build": build,
+    "sidecar": sidecar,
+    "download": download,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m collection", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.add_arguments(commands.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

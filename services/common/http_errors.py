@@ -1,0 +1,162 @@
+"""The one error shape of every service's HTTP answers, and the one mapping from domain errors to it.
+
+Cores raise `DomainError`s (services/common/errors.py); each service's app passes a small table
+of its own error classes to `install_error_handlers`, on top of `DEFAULT_STATUS`. A class's status
+is that of its nearest listed ancestor, so a subclass needs a row only when its status differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.errors import (
+    DependencyFailed,
+    DependencyTimeout,
+    DependencyUnavailable,
+    DomainError,
+    Expired,
+    Forbidden,
+    InvalidInput,
+    InvalidValue,
+    NotFound,
+    NotSupported,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    """What every non-2xx JSON answer of every service looks like."""
+
+    error: ErrorBody
+
+
+@dataclass(frozen=True)
+class Status:
+    """A mapping row with more than a number: a status chosen from the error (e.g. by its code word),
+    and/or a note for operators appended to the message (the setting to change, which the core does not know)."""
+
+    status: int | Callable[[DomainError], int]
+    note: str | None = None
+
+
+StatusTable: TypeAlias = Mapping[type[DomainError], "int | Status"]
+
+DEFAULT_STATUS: dict[type[DomainError], int | Status] = {
+    InvalidInput: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    Expired: 410,
+    TooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidValue: 422,
+    RateLimited: 429,
+    NotSupported: 501,
+    DependencyFailed: 502,
+    Unavailable: 503,
+    DependencyUnavailable: 503,
+    DependencyTimeout: 504,
+}
+
+# The code word of an HTTP error raised by the framework itself (unknown path, wrong method, ...).
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+}
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, rounded up, at least 1: a client that comes back on time is not too early."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Any | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
+
+
+def status_of(exc: DomainError, mapping: StatusTable) -> tuple[int, str | None]:
+    """The HTTP status of `exc` (its nearest listed class; 500 when none is listed) and the row's note."""
+    for cls in type(exc).__mro__:
+        row = mapping.get(cls)  # type: ignore[call-overload]
+        if row is None:
+            continue
+        if isinstance(row, int):
+            return row, None
+        status = row.status(exc) if callable(row.status) else row.status
+        return status, row.note
+    return 500, None
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
+        problems.append({"field": where, "problem": err.get("msg", "invalid")})
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
+    return summary or "invalid request", problems
+
+
+def install_error_handlers(app: FastAPI, mapping: StatusTable | None = None) -> None:
+    """Every exception leaves as the JSON error shape; a bug is a 500 without a traceback.
+
+    `mapping`: the service's own error classes -> status, on top of `DEFAULT_STATUS`.
+    """
+    table: dict[type[DomainError], int | Status] = {**DEFAULT_STATUS, **(mapping or {})}
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status, note = status_of(exc, table)
+        message = f"{exc.message} ({note})" if note else exc.message
+        if status >= 500:
+            logger.warning("%s %s -> %s %s", request.method, request.url.path, status, message)
+        headers = None if exc.retry_after is None else {"Retry-After": retry_after_header(exc.retry_after)}
+        return error_response(status, exc.code, message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, problems = _describe_validation(exc)
+        return error_response(422, "invalid_request", message, problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; the service log has the details")

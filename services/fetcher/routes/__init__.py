@@ -1,0 +1,1 @@
+"""The fetcher's routes, one router per resource: images, stats."""

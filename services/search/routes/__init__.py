@@ -1,0 +1,1 @@
+"""The search service's routes, one router per resource: searches, records, stats."""
