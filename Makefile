@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-fetcher bench-load bench-reliability check-precision clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load bench-reliability check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ check-precision: install ## Reduced precision vs fp32 on your weights and photos
 
 bench-search: install ## Search latency, recall and metadata lookups on a synthetic TreeOfLife-shaped collection
 	$(PY) -m bench.search
+
+bench-scale: install ## Search at 1M, 10M, 50M and 200M vectors: make each collection, measure it, delete it (hours)
+	nice -n 5 $(PY) -m bench.scale
 
 bench-fetcher: install ## Fetcher wall time against slow and rate-limited local sources
 	$(PY) -m bench.fetcher

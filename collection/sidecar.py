@@ -129,10 +129,103 @@ def _string_values(array: pa.Array) -> tuple[np.ndarray, pa.Buffer]:
     return offsets, array.buffers()[2] or pa.py_buffer(b"")
 
 
-def _write_records(
-    con: duckdb.DuckDBPyConnection, cols: _Columns, staging: Path, id_end: int, rows: int, batch_rows: int
-) -> int:
-    """The rest of each row, by id: uuids and source codes as arrays, strings in compressed blocks."""
+# Ids per pass of the writer. Each pass sorts only its band's rows, and the arrays are written band
+# by band, so the writer's memory is bounded by the band, not by the table (234M rows for TreeOfLife).
+BAND_IDS = 1 << 24
+MEMORY_LIMIT = "2GB"
+
+
+def _uuid_bytes(array: pa.Array) -> np.ndarray:
+    """(n, 16) uint8 from a binary array of 16-byte values."""
+    array = array.cast(pa.large_binary())
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    if array.null_count or int(offsets[-1] - offsets[0]) != 16 * len(array):
+        raise SidecarError("a uuid is not 16 bytes (a malformed uuid text?)")
+    values = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)
+    return values[int(offsets[0]) : int(offsets[-1])].reshape(-1, 16)
+
+
+class _NpyWriter:
+    """A .npy file of `length` rows written front to back in slices, never mapped or held whole."""
+
+    def __init__(self, path: Path, dtype: Any, length: int, fill: int = 0) -> None:
+        self.dtype = np.dtype(dtype)
+        self.fill = fill
+        self.length = length
+        self.handle = path.open("wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (length,)}
+        if self.dtype.shape:
+            header = {
+                "descr": np.lib.format.dtype_to_descr(self.dtype.base),
+                "fortran_order": False,
+                "shape": (length, *self.dtype.shape),
+            }
+        np.lib.format.write_array_header_1_0(self.handle, header)
+        self.written = 0
+
+    def band(self, size: int) -> np.ndarray:
+        return (
+            np.full(size, self.fill, dtype=self.dtype.base)
+            if not self.dtype.shape
+            else np.zeros((size, *self.dtype.shape), dtype=self.dtype.base)
+        )
+
+    def write(self, values: np.ndarray) -> None:
+        self.handle.write(np.ascontiguousarray(values).tobytes())
+        self.written += len(values)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.written != self.length:
+            raise SidecarError(f"{self.handle.name}: wrote {self.written} of {self.length} rows")
+
+
+class _Blocks:
+    """strings.bin and its block offsets: the strings of BLOCK ids at a time, zlib-compressed, in id order."""
+
+    def __init__(self, path: Path, id_end: int) -> None:
+        self.handle = path.open("wb")
+        self.offsets = np.zeros((id_end + BLOCK - 1) // BLOCK + 1, dtype=np.uint64)
+        self.block = 0
+        self.written = 0
+        self.carry_ids = np.zeros(0, dtype=np.int64)
+        self.carry_texts: pa.Array = pa.array([], pa.string())
+
+    def _write(self, ids: np.ndarray, texts: pa.Array, upto: int) -> None:
+        offsets, values = _string_values(texts)
+        bounds = np.searchsorted(ids, np.arange(self.block, upto + 1) * BLOCK)
+        for number, (low, high) in enumerate(itertools.pairwise(bounds), start=self.block):
+            # Slot offsets first, so a reader slices one slot instead of splitting the block.
+            lengths = np.zeros(BLOCK, dtype=np.int64)
+            lengths[ids[low:high] - number * BLOCK] = offsets[low + 1 : high + 1] - offsets[low:high]
+            header = np.zeros(BLOCK + 1, dtype=np.uint32)
+            header[1:] = np.cumsum(lengths)
+            payload = values[int(offsets[low]) : int(offsets[high])].to_pybytes()
+            data = zlib.compress(header.tobytes() + payload, 6)
+            self.handle.write(data)
+            self.written += len(data)
+            self.offsets[number + 1] = self.written
+        self.block = upto
+
+    def add(self, ids: np.ndarray, texts: pa.Array) -> None:
+        """Rows in ascending id order (across calls too); a block is written once no later row can fall in it."""
+        all_ids = np.concatenate([self.carry_ids, ids])
+        texts = pa.concat_arrays([self.carry_texts, texts.cast(pa.string())])
+        if not len(all_ids):
+            return
+        last = int(all_ids[-1]) // BLOCK  # may still get rows from the next batch
+        cut = int(np.searchsorted(all_ids, last * BLOCK))
+        self._write(all_ids[:cut], texts[:cut], last)
+        self.carry_ids, self.carry_texts = all_ids[cut:], texts[cut:]
+
+    def close(self, folder: Path) -> None:
+        self._write(self.carry_ids, self.carry_texts, len(self.offsets) - 1)
+        self.handle.close()
+        np.save(folder / "blocks.npy", self.offsets)
+
+
+def _sources_table(con: duckdb.DuckDBPyConnection, cols: _Columns, staging: Path) -> int:
+    """The distinct source tuples, coded in sort order, as the temp table `sources` and sources.parquet."""
     names = ", ".join(f"s{i}" for i in range(len(cols.sources)))
     con.execute(
         f"""CREATE TEMP TABLE sources AS
@@ -145,67 +238,39 @@ def _write_records(
     table = con.sql(f"SELECT {names} FROM sources ORDER BY code").to_arrow_table()
     table = table.rename_columns([*SOURCE_FIELDS, "url_prefix_id"])
     pq.write_table(table, staging / "sources.parquet")
-    uuids = np.lib.format.open_memmap(staging / "uuid.npy", mode="w+", dtype=np.uint8, shape=(id_end, 16))
-    source = np.lib.format.open_memmap(staging / "source.npy", mode="w+", dtype=np.uint32, shape=(id_end,))
-    blocks = np.zeros((id_end + BLOCK - 1) // BLOCK + 1, dtype=np.uint64)
-    # Sorted by id, so each block of strings is complete when written; all work is per batch or per block.
-    query = f"""SELECT m.id::BIGINT AS id, s.code AS code,
-                       replace(coalesce({cols.uuid}, '00000000-0000-0000-0000-000000000000'), '-', '') AS hex,
-                       coalesce({cols.source_id}, '') || chr(31) || coalesce({cols.tail}, '') AS text
-                FROM metadata m JOIN sources s ON hash({", ".join(cols.sources)}) = s.key ORDER BY m.id"""
-    state = {"block": 0, "written": 0}
-    with (staging / "strings.bin").open("wb") as strings:
-
-        def write_blocks(ids: np.ndarray, texts: pa.Array, upto: int) -> None:
-            offsets, values = _string_values(texts)
-            bounds = np.searchsorted(ids, np.arange(state["block"], upto + 1) * BLOCK)
-            for number, (low, high) in enumerate(itertools.pairwise(bounds), start=state["block"]):
-                # Slot offsets first, so a reader slices one slot instead of splitting the block.
-                lengths = np.zeros(BLOCK, dtype=np.int64)
-                lengths[ids[low:high] - number * BLOCK] = offsets[low + 1 : high + 1] - offsets[low:high]
-                header = np.zeros(BLOCK + 1, dtype=np.uint32)
-                header[1:] = np.cumsum(lengths)
-                payload = values[int(offsets[low]) : int(offsets[high])].to_pybytes()
-                data = zlib.compress(header.tobytes() + payload, 6)
-                strings.write(data)
-                state["written"] += len(data)
-                blocks[number + 1] = state["written"]
-            state["block"] = upto
-
-        carry_ids, carry_texts = np.zeros(0, dtype=np.int64), pa.array([], pa.string())
-        small = rows < 5_000_000
-        with tqdm(total=rows, desc="records", unit="row", unit_scale=True, file=sys.stderr, disable=small) as bar:
-            for batch in con.sql(query).to_arrow_reader(batch_rows):
-                ids = batch.column("id").to_numpy()
-                source[ids] = batch.column("code").to_numpy()
-                hex_offsets, hex_values = _string_values(batch.column("hex"))
-                hex_text = hex_values[int(hex_offsets[0]) : int(hex_offsets[-1])].to_pybytes().decode()
-                uuids[ids] = np.frombuffer(bytes.fromhex(hex_text), dtype=np.uint8).reshape(-1, 16)
-                all_ids = np.concatenate([carry_ids, ids])
-                texts = pa.concat_arrays([carry_texts, batch.column("text").cast(pa.string())])
-                last = int(all_ids[-1]) // BLOCK  # may still get rows from the next batch
-                cut = int(np.searchsorted(all_ids, last * BLOCK))
-                write_blocks(all_ids[:cut], texts[:cut], last)
-                carry_ids, carry_texts = all_ids[cut:], texts[cut:]
-                bar.update(len(ids))
-            write_blocks(carry_ids, carry_texts, len(blocks) - 1)
-    np.save(staging / "blocks.npy", blocks)
-    uuids.flush()
-    source.flush()
-    del uuids, source
     return int(count)
 
 
 def write_sidecar(
-    metadata: Path, out: Path, *, threads: int = 2, batch_rows: int = 1_000_000, records: bool = True
+    metadata: Path,
+    out: Path,
+    *,
+    threads: int = 2,
+    batch_rows: int = 1_000_000,
+    records: bool = True,
+    band_ids: int = BAND_IDS,
+    memory_limit: str = MEMORY_LIMIT,
 ) -> dict[str, Any]:
-    """Make the sidecar of a metadata file in one pass over its table; written aside, then moved in place."""
+    """Make the sidecar of a metadata file; written aside, then moved in place. Returns the manifest.
+
+    One scan of the table splits its rows by band of `band_ids` ids into temporary Parquet files;
+    each band is then sorted by id alone and its slice of every array written, front to back. So
+    memory is bounded by the band and DuckDB's `memory_limit` (it spills to a temp folder in the
+    staging folder), not by the table: sorting all 234M TreeOfLife rows by id, or mapping ~6 GB of
+    arrays written in random order, would not fit a 16 GB workstation (docs/benchmarks/scale.md).
+
+    Raises SidecarError (malformed metadata), duckdb.Error and OSError.
+    """
+    if band_ids < 1:
+        raise SidecarError(f"band_ids must be at least 1, not {band_ids}")
     started = time.perf_counter()
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    con = duckdb.connect(str(metadata), read_only=True, config={"threads": threads})
+    config = {"threads": threads, "memory_limit": memory_limit, "temp_directory": str(staging / "duckdb.tmp")}
+    con = duckdb.connect(str(metadata), read_only=True, config=config)
     con.execute("SET enable_progress_bar = false")  # tqdm reports progress; DuckDB's bar would garble it
+    writers: list[_NpyWriter] = []
     try:
         cols = _columns(con)
         rows, low, high = con.execute("SELECT count(*), min(id), max(id) FROM metadata").fetchall()[0]
@@ -227,35 +292,86 @@ def write_sidecar(
         columns = ", ".join(f'r{i} AS "{rank}"' for i, rank in enumerate(FILTER_RANKS))
         taxa = con.sql(f"SELECT {columns} FROM taxa ORDER BY code")
         pq.write_table(taxa.to_arrow_table(), staging / "taxa.parquet")
-        flags = np.lib.format.open_memmap(staging / "flags.npy", mode="w+", dtype=np.uint8, shape=(id_end,))
+        sources = _sources_table(con, cols, staging) if records else None
+        flags = _NpyWriter(staging / "flags.npy", np.uint8, id_end)
+        taxon = _NpyWriter(staging / "taxon.npy", np.uint32, id_end, fill=int(NO_TAXON))
+        writers = [flags, taxon]
         uuid_known = f"{UUID_KNOWN} * ({cols.uuid} IS NOT NULL)::UTINYINT"
-        taxon = np.lib.format.open_memmap(staging / "taxon.npy", mode="w+", dtype=np.uint32, shape=(id_end,))
-        taxon[:] = NO_TAXON
-        query = f"""SELECT m.id::BIGINT AS id, t.code AS code,
+        select = f"""m.id::BIGINT AS id, t.code AS code,
                        ({cols.scope_flags}
-                        + {TRAINING_KNOWN} * ({cols.training_known})::UTINYINT + {uuid_known})::UTINYINT AS flags
-                    FROM metadata m JOIN taxa t ON {key} = t.key"""
+                        + {TRAINING_KNOWN} * ({cols.training_known})::UTINYINT + {uuid_known})::UTINYINT AS flags"""
+        joins = f"JOIN taxa t ON {key} = t.key"
+        if records:
+            uuids = _NpyWriter(staging / "uuid.npy", np.dtype((np.uint8, (16,))), id_end)
+            source = _NpyWriter(staging / "source.npy", np.uint32, id_end)
+            writers += [uuids, source]
+            strings = _Blocks(staging / "strings.bin", id_end)
+            select += f""", s.code AS source,
+                       unhex(replace(coalesce({cols.uuid}, '00000000-0000-0000-0000-000000000000'), '-', '')) AS uuid,
+                       coalesce({cols.source_id}, '') || chr(31) || coalesce({cols.tail}, '') AS text"""
+            joins += f" JOIN sources s ON hash({', '.join(cols.sources)}) = s.key"
+        bands = range(0, id_end, band_ids)
+        parts = staging / "bands"
+        if len(bands) > 1:
+            # One scan of the table, its rows split by band into temporary Parquet files; a query per
+            # band on the table itself would scan all of it once per band (14 times for TreeOfLife).
+            con.execute(
+                f"""COPY (SELECT m.id // {band_ids} AS band, {select} FROM metadata m {joins})
+                    TO '{parts}' (FORMAT parquet, PARTITION_BY (band))"""
+            )
         seen = 0
         with tqdm(
             total=rows, desc="sidecar", unit="row", unit_scale=True, file=sys.stderr, disable=rows < 5_000_000
         ) as bar:
-            for batch in con.sql(query).to_arrow_reader(batch_rows):
-                ids = batch.column("id").to_numpy()
-                taxon[ids] = batch.column("code").to_numpy()
-                flags[ids] = batch.column("flags").to_numpy()
-                seen += len(ids)
-                bar.update(len(ids))
+            for band_low in bands:
+                band_high = min(band_low + band_ids, id_end)
+                size = band_high - band_low
+                band = {"flags": flags.band(size), "code": taxon.band(size)}
+                if records:
+                    band |= {"uuid": uuids.band(size), "source": source.band(size)}
+                # Only the strings need id order (within the band); the fixed-width columns are placed by id.
+                order = " ORDER BY id" if records else ""
+                if len(bands) == 1:
+                    query = f"SELECT {select} FROM metadata m {joins}{order}"
+                else:
+                    files = parts / f"band={band_low // band_ids}"
+                    query = f"SELECT * EXCLUDE (band) FROM read_parquet('{files}/*.parquet'){order}"
+                    if not files.is_dir():
+                        query = ""  # no row has an id in this band
+                for batch in con.sql(query).to_arrow_reader(batch_rows) if query else []:
+                    ids = batch.column("id").to_numpy()
+                    local = ids - band_low
+                    band["code"][local] = batch.column("code").to_numpy()
+                    band["flags"][local] = batch.column("flags").to_numpy()
+                    if records:
+                        band["source"][local] = batch.column("source").to_numpy()
+                        band["uuid"][local] = _uuid_bytes(batch.column("uuid"))
+                        strings.add(ids, batch.column("text"))
+                    seen += len(ids)
+                    bar.update(len(ids))
+                flags.write(band["flags"])
+                taxon.write(band["code"])
+                if records:
+                    uuids.write(band["uuid"])
+                    source.write(band["source"])
+                del band
+                if len(bands) > 1:
+                    shutil.rmtree(parts / f"band={band_low // band_ids}", ignore_errors=True)
         if seen != rows:
             raise SidecarError(f"the sidecar pass saw {seen} rows of {rows} (duplicate ids?)")
-        flags.flush()
-        taxon.flush()
-        del flags, taxon
-        sources = _write_records(con, cols, staging, id_end, rows, batch_rows) if records else None
+        for writer in writers:
+            writer.close()
+        if records:
+            strings.close(staging)
         if records and cols.url_layout == "url_prefixes":
             prefixes = con.sql("SELECT prefix_id::INTEGER AS prefix_id, prefix::VARCHAR AS prefix FROM url_prefixes")
             pq.write_table(prefixes.to_arrow_table(), staging / "prefixes.parquet")
     finally:
+        for writer in writers:
+            writer.handle.close()
         con.close()
+    shutil.rmtree(staging / "duckdb.tmp", ignore_errors=True)
+    shutil.rmtree(staging / "bands", ignore_errors=True)
     manifest = {
         "format": FORMAT,
         "rows": int(rows),
@@ -279,6 +395,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", type=Path, required=True, help="the DuckDB metadata file")
     parser.add_argument("--out", type=Path, required=True, help="the sidecar folder to write")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    parser.add_argument("--memory-limit", default=MEMORY_LIMIT, help="DuckDB's memory limit (it spills beyond)")
+    parser.add_argument("--band-ids", type=int, default=BAND_IDS, help="ids per pass: bounds the writer's memory")
     parser.add_argument(
         "--no-records", action="store_true", help="scope flags and taxa only: hits' rows then come from DuckDB"
     )
@@ -287,7 +405,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the sidecar; a failure is a message on stderr and exit status 1."""
     try:
-        manifest = write_sidecar(args.metadata, args.out, threads=args.threads, records=not args.no_records)
+        manifest = write_sidecar(
+            args.metadata,
+            args.out,
+            threads=args.threads,
+            records=not args.no_records,
+            band_ids=args.band_ids,
+            memory_limit=args.memory_limit,
+        )
     except (SidecarError, duckdb.Error, OSError) as exc:
         print(f"sidecar failed: {exc}", file=sys.stderr)
         return 1

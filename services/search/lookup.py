@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid as uuid_module
 import zlib
 from collections.abc import Iterable
@@ -31,9 +32,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.common.vocabulary import FILTER_RANKS, SCOPES, TaxonFilter, name_key, scientific_name
+from services.common.vocabulary import FILTER_RANKS, SCOPES, TaxonFilter, name_key
 from services.search.filters import Criteria, row_matches, species_key
 from services.search.metadata import MetadataStore, Row, complete_row
 
@@ -52,7 +55,11 @@ if {TRAINING_KNOWN, UUID_KNOWN} & {rule.bit for rule in SCOPES.values()}:
 BLOCK = 128  # ids per compressed block of strings: a few KB, microseconds to inflate
 SOURCE_FIELDS = ("source_dataset", "publisher", "img_type", "basis_of_record")
 FIELD_SEP = "\x1f"
-_MASK_CACHE_LIMIT = 1024
+_NAME_CACHE_LIMIT = 65_536
+BINOMIAL = "genus epithet"  # the key of binomial names among the ranks' names
+# What name_key does to printable ASCII (nearly every TreeOfLife name), done by Arrow on a whole column:
+# lower-case, space runs as one, trimmed. In printable ASCII the space is the only whitespace.
+_PRINTABLE_ASCII = r"^[ -~]*$"
 
 
 class SidecarError(RuntimeError):
@@ -70,10 +77,67 @@ def default_sidecar_path(metadata: Path) -> Path:
     return metadata.with_suffix(".lookup")
 
 
-def _keys_of(names: list[str | None]) -> np.ndarray:
-    """`name_key` of each stored name (None stays None), computing each distinct name once."""
-    keys = {name: name_key(name) for name in set(names) if name is not None}
-    return np.asarray([None if name is None else keys[name] for name in names], dtype=object)
+@dataclass(frozen=True)
+class _Names:
+    """`name_key` of one rank's stored names: the distinct keys, and per taxon the index of its key."""
+
+    keys: pa.Array  # distinct name keys (strings)
+    indices: np.ndarray  # int32 per taxon: into `keys`; -1 where the name is null
+    blank: np.ndarray  # bool per taxon: null or only whitespace (no part of a scientific name)
+
+
+def _name_keys(column: pa.Array | pa.ChunkedArray) -> _Names:
+    """`name_key` of every name in a column, each distinct name keyed once.
+
+    Printable ASCII names are keyed by Arrow in one pass (see _PRINTABLE_ASCII); the others by name_key
+    itself, so the keys are name_key's exactly. As Python strings, TreeOfLife's ~1M taxa cost ~0.5 GB
+    and ~15 s of every start-up.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column)
+    distinct = encoded.dictionary.cast(pa.string())
+    ascii_mask = pc.match_substring_regex(distinct, _PRINTABLE_ASCII).to_numpy(zero_copy_only=False)
+    keys = pc.ascii_lower(pc.ascii_trim(pc.replace_substring_regex(distinct, " +", " "), " "))
+    blank = pc.equal(keys, "").to_numpy(zero_copy_only=False)  # in printable ASCII, strip() drops spaces only
+    others = np.flatnonzero(~ascii_mask)
+    if len(others):
+        texts = distinct.take(pa.array(others)).to_pylist()
+        keys = pc.replace_with_mask(keys, pa.array(~ascii_mask), pa.array([name_key(t) for t in texts], pa.string()))
+        blank[others] = [not t.strip() for t in texts]
+    # Distinct names can share a key (case, Unicode form, spacing): number the keys, not the names.
+    by_key = pc.dictionary_encode(keys)
+    raw = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    key_of_raw = by_key.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+    known = raw >= 0
+    safe = np.where(known, raw, 0)
+    if not len(key_of_raw):  # every name null
+        return _Names(by_key.dictionary, np.full(len(raw), -1, np.int32), np.ones(len(raw), dtype=bool))
+    return _Names(
+        by_key.dictionary,
+        np.where(known, key_of_raw[safe], -1).astype(np.int32),
+        np.where(known, blank[safe], True),
+    )
+
+
+def _binomial_keys(genus: _Names, epithet: _Names) -> _Names:
+    """name_key of each taxon's scientific name (vocabulary.scientific_name): null unless genus and epithet
+    are both there. name_key of "genus epithet" is the two keys joined by a space (a space blocks Unicode
+    composition across it), less that space where one key is empty (a name of invisible characters)."""
+
+    def keys_of(names: _Names) -> pa.Array:
+        return (
+            names.keys.take(pa.array(np.maximum(names.indices, 0)))
+            if len(names.keys)
+            else pa.nulls(len(names.indices), pa.string())
+        )
+
+    joined = pc.ascii_trim(pc.binary_join_element_wise(keys_of(genus), keys_of(epithet), " "), " ")
+    missing = genus.blank | epithet.blank
+    joined = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), joined)
+    by_key = pc.dictionary_encode(joined)
+    indices = pc.fill_null(by_key.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    return _Names(by_key.dictionary, indices, missing)
 
 
 @dataclass(frozen=True)
@@ -197,22 +261,17 @@ class LookupSidecar:
         self.id_end = int(self.manifest["id_end"])
         if len(self.flags) != self.id_end or len(self.taxon) != self.id_end or taxa.num_rows != self.manifest["taxa"]:
             raise SidecarError(f"{folder}: the sidecar's arrays disagree with its manifest")
-        self._taxa = taxa
-        self._values = {rank: taxa.column(rank).to_pylist() for rank in FILTER_RANKS}
-        # Name keys per rank (vocabulary.name_key, the rule filters use), made on a rank's first filter.
-        self._keys: dict[str, np.ndarray] = {}
-        self._masks: dict[tuple[str, bool, str], np.ndarray] = {}
-        binomials = [
-            scientific_name(genus, epithet)
-            for genus, epithet in zip(self._values["genus"], self._values["species"], strict=True)
-        ]
-        self._binomial = _keys_of(binomials)
-        codes: dict[str, int] = {}
+        # The taxa stay Arrow arrays: a hit's names are taken by code when its row is built.
+        self._taxa = taxa.combine_chunks()
+        # Per rank, made on the first filter at that rank: the distinct name keys (vocabulary.name_key, the
+        # rule filters use) and each taxon's index into them. A filter then costs a lookup of its key and a
+        # comparison of the candidates' indices, not a pass over all taxa (~1M at full size).
+        self._normalised: dict[str, _Names] = {}
+        self._normalising = threading.RLock()  # the binomial names are made from two ranks' names
+        self._name_indices: dict[tuple[str, str], int] = {}
+        binomial = self._rank_names(BINOMIAL)
         # -1: no species to count by, so max_per_species does not apply.
-        self._species_keys = np.asarray(
-            [-1 if key is None else codes.setdefault(key, len(codes)) for key in self._binomial.tolist()],
-            dtype=np.int64,
-        )
+        self._species_keys = binomial.indices.astype(np.int64)
         self.has_records = bool(self.manifest.get("records"))
         self.url_layout = str(self.manifest.get("url_layout", "none"))
         if self.has_records:
@@ -256,22 +315,43 @@ class LookupSidecar:
         safe, inside = self._clip(ids)
         return np.where(inside, self.taxon[safe], NO_TAXON).astype(np.uint32)
 
+    def _rank_names(self, rank: str) -> _Names:
+        """A rank's name keys (or the scientific names', for BINOMIAL); made once, on first use."""
+        found = self._normalised.get(rank)
+        if found is None:
+            with self._normalising:
+                found = self._normalised.get(rank)
+                if found is None:
+                    if rank == BINOMIAL:
+                        found = _binomial_keys(self._rank_names("genus"), self._rank_names("species"))
+                    else:
+                        found = _name_keys(self._taxa.column(rank))
+                    self._normalised[rank] = found
+        return found
+
+    def _name_index(self, taxon: TaxonFilter) -> tuple[np.ndarray, int]:
+        """The taxa's key indices at the filter's rank, and the index of the filter's key (-1: no taxon has it)."""
+        rank = BINOMIAL if taxon.binomial else taxon.rank
+        names = self._rank_names(rank)
+        cache_key = (rank, taxon.key)
+        index = self._name_indices.get(cache_key)
+        if index is None:
+            index = int(pc.index(names.keys, taxon.key).as_py())
+            if len(self._name_indices) >= _NAME_CACHE_LIMIT:
+                self._name_indices.clear()
+            self._name_indices[cache_key] = index
+        return names.indices, index
+
     def taxon_mask(self, taxon: TaxonFilter) -> np.ndarray:
-        """Which taxa (by code) a filter keeps; cached, as people filter by the same few names."""
-        cache_key = (taxon.rank, taxon.binomial, taxon.key)
-        mask = self._masks.get(cache_key)
-        if mask is None:
-            if taxon.binomial:
-                keys = self._binomial
-            else:
-                keys = self._keys.get(taxon.rank)
-                if keys is None:
-                    keys = self._keys[taxon.rank] = _keys_of(self._values[taxon.rank])
-            mask = np.asarray(keys == taxon.key, dtype=bool)
-            if len(self._masks) >= _MASK_CACHE_LIMIT:
-                self._masks.clear()
-            self._masks[cache_key] = mask
-        return mask
+        """Which taxa (by code) a filter keeps, as one boolean per taxon."""
+        indices, index = self._name_index(taxon)
+        return indices == index if index >= 0 else np.zeros(len(indices), dtype=bool)
+
+    def _names(self, codes: np.ndarray) -> list[dict[str, Any]]:
+        """The ranks of each taxon code (all valid), as row fields."""
+        if not len(codes):
+            return []
+        return self._taxa.take(pa.array(codes, type=pa.uint32())).select(list(FILTER_RANKS)).to_pylist()
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> np.ndarray:
         """A boolean per id: it has a row, is in the scope and passes every taxon filter."""
@@ -282,7 +362,9 @@ class LookupSidecar:
             known = codes != NO_TAXON
             safe = np.where(known, codes, 0)
             for taxon in criteria.filters:
-                keep &= known & self.taxon_mask(taxon)[safe]
+                # Only the candidates' taxa are compared: no pass over all taxa per query.
+                indices, index = self._name_index(taxon)
+                keep &= (known & (indices[safe] == index)) if index >= 0 else False
         return keep
 
     def species_keys(self, ids: np.ndarray) -> np.ndarray:
@@ -311,6 +393,7 @@ class LookupSidecar:
         codes = self.codes_of(wanted)
         sources = self._source[wanted] if len(wanted) else np.zeros(0, dtype=np.uint32)
         uuids = self._uuids[wanted] if len(wanted) else np.zeros((0, 16), dtype=np.uint8)
+        names = self._names(codes)
         blocks: dict[int, bytes] = {}
         found: dict[int, dict[str, Any]] = {}
         for position, record_id in enumerate(wanted.tolist()):
@@ -325,8 +408,7 @@ class LookupSidecar:
                 url = prefix + tail if prefix is not None and tail else None
             else:
                 url = tail or None
-            code = int(codes[position])
-            row: dict[str, Any] = {rank: self._values[rank][code] for rank in FILTER_RANKS}
+            row = names[position]
             row |= {
                 "id": record_id,
                 "uuid": str(uuid_module.UUID(bytes=uuids[position].tobytes())) if flag & UUID_KNOWN else None,
@@ -347,8 +429,7 @@ class LookupSidecar:
         flags = int(self.flags_of(np.asarray([record_id]))[0])
         if not flags & PRESENT:
             return None
-        code = int(self.codes_of(np.asarray([record_id]))[0])
-        row: dict[str, Any] = {rank: self._values[rank][code] for rank in FILTER_RANKS}
+        row = self._names(self.codes_of(np.asarray([record_id])))[0]
         row["has_url"] = bool(flags & HAS_URL)
         row["in_bioclip2_training"] = bool(flags & TRAINING) if flags & TRAINING_KNOWN else None
         return row

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from collection.__main__ import main as collection_main
 from collection.build import write_metadata
+from collection.sidecar import write_sidecar
 from services.common.vocabulary import TaxonFilter, species_key
 from services.search.filters import Criteria, row_matches
-from services.search.lookup import RecordLookup, SidecarLookup, default_sidecar_path, open_lookup
+from services.search.lookup import LookupSidecar, RecordLookup, SidecarLookup, default_sidecar_path, open_lookup
 from services.search.metadata import MetadataStore
 from tests.search.conftest import rows_for
 
@@ -141,3 +143,47 @@ def test_without_records_the_hits_rows_come_from_duckdb_the_same(tmp_path: Path)
     ids = [0, 20, 41, 119, 500]
     assert narrow.fetch(ids) == lookup(path, use_sidecar=False).fetch(ids)
     assert "Index Scan" in narrow.fetch_plan(ids)
+
+
+def test_the_sidecar_is_the_same_made_in_small_bands_and_batches(metadata_file: Path, tmp_path: Path) -> None:
+    # At TreeOfLife scale the writer must never sort or hold the whole table: it splits the rows by
+    # band of ids in one scan and sorts one band at a time. Bands of 37 ids and batches of 7 rows
+    # (blocks of 128 ids straddle both) must give the very files one band (no split) gives.
+    whole = write_sidecar(metadata_file, tmp_path / "whole", band_ids=1 << 30, batch_rows=1_000_000)
+    banded = write_sidecar(metadata_file, tmp_path / "banded", band_ids=37, batch_rows=7)
+    assert whole == banded and whole["rows"] == 300
+    for name in ("flags.npy", "taxon.npy", "uuid.npy", "source.npy", "strings.bin", "blocks.npy"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "banded" / name).read_bytes(), name
+    for name in ("taxa.parquet", "sources.parquet", "prefixes.parquet"):
+        assert pq.read_table(tmp_path / "whole" / name).equals(pq.read_table(tmp_path / "banded" / name)), name
+    assert not (tmp_path / "banded" / "duckdb.tmp").exists() and not (tmp_path / "banded" / "bands").exists()
+    sidecar = LookupSidecar(tmp_path / "banded")
+    assert int(sidecar.flags[299]) & 1 and sidecar.records([299, 5]).keys() == {5, 299}
+
+
+def test_the_command_takes_the_band_and_memory_options_and_leaves_bands_without_rows_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gaps.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        """CREATE TABLE metadata AS SELECT i::INTEGER AS id, 'Genus' || (i % 7) AS genus, 'e' || i AS species
+           FROM range(420) t(i) WHERE i < 10 OR i >= 400"""
+    )
+    con.close()
+    banded = tmp_path / "banded"
+    args = ["sidecar", "--metadata", str(path), "--out", str(banded), "--band-ids", "50", "--memory-limit", "256MB"]
+    assert collection_main(args) == 0
+    write_sidecar(path, tmp_path / "whole")
+    for name in ("flags.npy", "taxon.npy", "uuid.npy", "source.npy", "strings.bin", "blocks.npy"):
+        assert (tmp_path / "whole" / name).read_bytes() == (banded / name).read_bytes(), name
+    sidecar = LookupSidecar(banded)
+    assert sidecar.codes_of(np.array([9, 10, 250, 399, 400])).tolist()[1:4] == [0xFFFFFFFF] * 3
+    assert sidecar.flags_of(np.array([9, 10, 399, 400])).tolist() == [1, 0, 0, 1]
+    assert sidecar.records([5, 200, 405]).keys() == {5, 405}
+    # Both options reach the writer: a limit DuckDB cannot read and a band of no ids fail with a message.
+    capsys.readouterr()
+    assert collection_main([*args[:4], str(tmp_path / "bad"), "--memory-limit", "lots"]) == 1
+    assert collection_main([*args[:4], str(tmp_path / "bad"), "--band-ids", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("sidecar failed") == 2 and "band_ids" in err
