@@ -267,6 +267,7 @@ def test_permalink_reload_reproduces_the_hits(page: Page, stack: Stack) -> None:
 def test_a_reloaded_link_shows_and_keeps_the_result_count_it_was_made_with(page: Page, stack: Stack, link: str) -> None:
     """The Results box, the hits and the next re-run agree on one count after a link is opened."""
     page.goto("/")
+    expect(page.locator("#top-n")).not_to_have_value("")  # filled in when the vocabulary arrives
     default = page.locator("#top-n").input_value()
     vocabulary = page.request.get("/api/vocabulary").json()
     assert default == str(vocabulary["parameters"]["top_n"]["default"])  # the box starts at the one default
@@ -287,6 +288,8 @@ def test_a_reloaded_link_shows_and_keeps_the_result_count_it_was_made_with(page:
 def test_the_page_builds_its_controls_from_the_vocabulary(page: Page, stack: Stack) -> None:
     vocabulary = page.request.get("/api/vocabulary").json()
     page.goto("/")
+    # The page asks for the vocabulary after it loads: its controls are built when the answer arrives.
+    expect(page.locator("#scope option")).to_have_count(len(vocabulary["scopes"]))
     scopes = page.locator("#scope option").evaluate_all("options => options.map(o => [o.value, o.textContent])")
     assert scopes == [[scope["name"], scope["label"]] for scope in vocabulary["scopes"]]
     ranks = page.locator("#rank option").evaluate_all("options => options.map(o => o.value)")
