@@ -139,6 +139,14 @@ def test_ambiguous_or_invalid_json_queries_get_422(client: TestClient, body: dic
     assert response.json()["error"]["code"] == "invalid_request"
 
 
+@pytest.mark.parametrize("params", [{}, {"record_id": 3}, {"text": "Apis", "record": 3}], ids=str)
+def test_a_query_string_without_exactly_one_query_names_its_own_parameters(client: TestClient, params: dict) -> None:
+    response = client.get("/api/search", params=params)
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "text, record (a record id) or q (a query id)" in message and "record_id" not in message
+
+
 def test_bad_filter_in_a_query_string_gets_422(client: TestClient) -> None:
     response = client.get("/api/search", params={"text": "Apis", "filter": "tribe:Danaini"})
     assert response.status_code == 422
