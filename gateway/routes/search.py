@@ -4,7 +4,6 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,7 +25,7 @@ from gateway.schemas import (
 )
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
-from services.common.http_errors import ErrorResponse
+from services.common.http_errors import ErrorResponse, json_body
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
@@ -122,10 +121,7 @@ async def search(request: Request, searcher: SearcherDep, uploads: UploadsDep) -
             query, params = await _from_form(request, searcher)
         return await searcher.run(query, params)
     if content_type.startswith("application/json"):
-        try:
-            raw = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
+        raw = json_body(await request.body())
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
         body = _validated(QueryRequest, raw, strict=True)

@@ -65,6 +65,7 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
     [
         ({"content": b"text=hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
         ({"json": ["a list"]}, 400, "invalid_json"),
         ({"json": {"top_n": 5}}, 422, "invalid_request"),
         ({"json": {"text": "   "}}, 400, "empty_text"),
@@ -76,8 +77,8 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
         ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 400, "empty_file"),
         ({"files": {"image": ("a.jpg", b"x" * 200_000, "image/jpeg")}}, 413, "too_large"),
     ],
-    ids=["text-plain", "bad-json", "json-list", "no-text", "blank-text", "invisible-text", "top_n-0", "bad-scope",
-         "no-image", "top_n-500", "empty-upload", "too-large"],
+    ids=["text-plain", "bad-json", "deep-json", "json-list", "no-text", "blank-text", "invisible-text", "top_n-0",
+         "bad-scope", "no-image", "top_n-500", "empty-upload", "too-large"],
 )  # fmt: skip
 def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
     client: TestClient, kwargs: dict, status: int, code: str
