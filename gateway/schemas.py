@@ -89,6 +89,15 @@ class _LinkQuery(BaseModel):
             return {key: value for key, value in data.items() if value != ""}
         return data
 
+    @model_validator(mode="after")
+    def _exactly_one_query(self) -> _LinkQuery:
+        # Checked here, in the query string's own names: QueryRequest would name its JSON fields
+        # (record_id, query_id), which a query string does not take.
+        given = [name for name in ("q", "text", "record") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, record (a record id) or q (a query id)")
+        return self
+
 
 BLANK = {"type": "string", "maxLength": 0, "description": "Blank: the default."}
 """A form field or query parameter sent empty (`top_n=`), which means "not given"."""

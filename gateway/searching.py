@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 from urllib.parse import urlencode
 
@@ -74,10 +74,12 @@ class Searcher:
             if not upload.size:
                 raise InvalidInput(f"{upload.name}: the uploaded file is empty", code="empty_file")
         query_id = image_query_id_of_digests([upload.digest for upload in uploads])
-        if cached := self.cache.get(query_id):
-            return cached
-        embedded = await self.clients.embed_images([(u.name, u.file, u.content_type) for u in uploads])
         label = ", ".join(upload.name for upload in uploads)
+        if cached := self.cache.get(query_id):
+            # The vector is the photos'; the label is this request's: the same photo uploaded by someone
+            # else under another file name must not show (or leak) theirs.
+            return replace(cached, label=label)
+        embedded = await self.clients.embed_images([(u.name, u.file, u.content_type) for u in uploads])
         # After the embedder has streamed the file and accepted the photo: read again from the spool.
         first = uploads[0]
         preview = await anyio.to_thread.run_sync(query_preview, first.file, first.name)
@@ -89,7 +91,8 @@ class Searcher:
             raise InvalidInput("the text is blank", code="empty_text")
         query_id = text_query_id(text)
         if cached := self.cache.get(query_id):
-            return cached
+            # Texts equal up to case and spacing share a vector, but the result echoes the text as typed.
+            return replace(cached, label=text)
         embedded = await self.clients.embed_texts([text])
         return self.cache.put(CachedQuery(query_id, "text", mean_direction(embedded.vectors), text))
 

@@ -144,6 +144,16 @@ def generate_collection(
     return rows
 
 
+def published_under(manifest: Path, base_url: str) -> bool:
+    """Whether the manifest's image URLs are those of a demo source at `base_url` (every row with a URL starts
+    with it). False for a manifest made for a source at another address (another STACK_DEMO_SOURCE_PORT):
+    a collection built from it would point every image at an address nobody serves."""
+    prefix = base_url.rstrip("/") + "/"
+    with manifest.open(newline="") as rows:
+        urls = [row["url"] for row in csv.DictReader(rows) if row.get("url")]
+    return bool(urls) and all(url.startswith(prefix) for url in urls)
+
+
 def write_manifest(rows: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as out:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from collection.state import DataState, data_state
 from services.search.settings import INDEX_FILE, METADATA_FILE
-from stack.demo_collection import SPECIES, generate_collection, write_manifest
+from stack.demo_collection import SPECIES, generate_collection, published_under, write_manifest
 from stack.demo_labels import write_species_labels
 from stack.ports import Claim, PortInUse, check_free
 from stack.processes import ROOT, SERVICES, ServiceProcess, StartFailed, service, stop_all
@@ -47,13 +48,17 @@ def build_demo(embedder: ServiceProcess, source_url: str) -> int:
     """Generate the demo photos and build their collection through the running embedder."""
     images = DEMO_DIR / "images"
     manifest = DEMO_DIR / "manifest.csv"
+    collection = DEMO_DIR / "collection"
+    if manifest.is_file() and not published_under(manifest, source_url):
+        logger.info("the demo's image source is now %s: making the demo again for it", source_url)
+        manifest.unlink()
+        shutil.rmtree(collection, ignore_errors=True)
     if not manifest.is_file():
         logger.info("generating %d demo pictures", DEMO_PER_SPECIES * len(SPECIES))
         rows = generate_collection(images, per_species=DEMO_PER_SPECIES, base_url=source_url)
         for row in rows:
             row["path"] = str(Path("images") / row["path"])
         write_manifest(rows, manifest)
-    collection = DEMO_DIR / "collection"
     if not (collection / INDEX_FILE).is_file() or not (collection / METADATA_FILE).is_file():
         logger.info("building the demo collection through the embedder")
         subprocess.run(

@@ -4,7 +4,6 @@ GET /api/search (the same from a query string: permalinks and CSV/JSON export)."
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -29,7 +28,7 @@ from gateway.schemas import (
 )
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
-from services.common.http_errors import ErrorResponse
+from services.common.http_errors import ErrorResponse, json_body
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
@@ -150,10 +149,7 @@ async def search(request: Request, searcher: SearcherDep, clients: ClientsDep, u
             query, params = await _from_form(request, searcher)
         return await _answer(await searcher.run(query, params), format, clients)
     if content_type.startswith("application/json"):
-        try:
-            raw = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
+        raw = json_body(await request.body())
         if not isinstance(raw, dict):
             raise InvalidInput("the JSON body must be an object", code="invalid_json")
         body = _validated(QueryRequest, raw, strict=True)

@@ -43,10 +43,32 @@ def read_lock(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable lock file %s: %s", path, exc)
         return None
-    if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT:
+    if not isinstance(lock, dict):
+        logger.warning("ignoring lock file %s: a JSON %s, not an object", path, type(lock).__name__)
+        return None
+    if lock.get("format") != LOCK_FORMAT:
         logger.warning("ignoring lock file %s: format %r, expected %d", path, lock.get("format"), LOCK_FORMAT)
         return None
+    parts = lock.get("parts", {})
+    # Readers index parts by name and each part by key, as the downloader writes them: anything else
+    # (a hand edit) is no lock at all rather than a crash later.
+    if not isinstance(parts, dict) or not all(_usable_part(part) for part in parts.values()):
+        logger.warning("ignoring lock file %s: its parts are not as the downloader writes them", path)
+        return None
     return lock
+
+
+def _usable_part(part: Any) -> bool:
+    """A part as `python -m collection download` writes it: `repo` and `commit` texts, `files` an object of
+    objects by path, `cache_dir` (the model's) a text."""
+    return (
+        isinstance(part, dict)
+        and isinstance(part.get("repo"), str)
+        and isinstance(part.get("commit"), str)
+        and isinstance(part.get("files", {}), dict)
+        and all(isinstance(entry, dict) for entry in part.get("files", {}).values())
+        and isinstance(part.get("cache_dir", ""), str)
+    )
 
 
 def read_pins(data_dir: Path) -> dict[str, Pin]:

@@ -7,6 +7,7 @@ is that of its nearest listed ancestor, so a subclass needs a row only when its 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -92,6 +93,18 @@ _STATUS_CODES = {
     422: "invalid_request",
     429: "rate_limited",
 }
+
+
+def json_body(data: bytes) -> Any:
+    """A request body read by a route itself (one that also takes multipart), as JSON; empty is `None`.
+
+    Raises `InvalidInput` (`invalid_json`) for what is not JSON, including nesting deeper than the parser's
+    recursion limit, which the `json` module reports as `RecursionError`, not as `ValueError`.
+    """
+    try:
+        return json.loads(data or b"null")
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
 
 
 def retry_after_header(seconds: float) -> str:

@@ -305,6 +305,9 @@ def test_classify_takes_json_or_multipart_only(client: TestClient) -> None:
     assert client.post("/v1/classify", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
     broken = client.post("/v1/classify", content=b"{", headers={"content-type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    # Nesting past the parser's recursion limit is a RecursionError, not a ValueError: still not JSON.
+    deep = client.post("/v1/classify", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     no_image = client.post("/v1/classify", data={"k": "3"}, files=[("other", ("a.txt", b"x", "text/plain"))])
     assert no_image.status_code == 400 and no_image.json()["error"]["code"] == "missing_image"
 

@@ -65,6 +65,7 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
     [
         ({"content": b"text=hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"content": b"[" * 100_000, "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
         ({"json": ["a list"]}, 400, "invalid_json"),
         ({"json": {"top_n": 5}}, 422, "invalid_request"),
         ({"json": {"text": "   "}}, 400, "empty_text"),
@@ -76,8 +77,8 @@ def test_info_shows_the_notice_even_with_services_down(client: TestClient) -> No
         ({"files": {"image": ("a.jpg", b"", "image/jpeg")}}, 400, "empty_file"),
         ({"files": {"image": ("a.jpg", b"x" * 200_000, "image/jpeg")}}, 413, "too_large"),
     ],
-    ids=["text-plain", "bad-json", "json-list", "no-text", "blank-text", "invisible-text", "top_n-0", "bad-scope",
-         "no-image", "top_n-500", "empty-upload", "too-large"],
+    ids=["text-plain", "bad-json", "deep-json", "json-list", "no-text", "blank-text", "invisible-text", "top_n-0",
+         "bad-scope", "no-image", "top_n-500", "empty-upload", "too-large"],
 )  # fmt: skip
 def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
     client: TestClient, kwargs: dict, status: int, code: str
@@ -137,6 +138,14 @@ def test_ambiguous_or_invalid_json_queries_get_422(client: TestClient, body: dic
     response = client.post("/api/search", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("params", [{}, {"record_id": 3}, {"text": "Apis", "record": 3}], ids=str)
+def test_a_query_string_without_exactly_one_query_names_its_own_parameters(client: TestClient, params: dict) -> None:
+    response = client.get("/api/search", params=params)
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "text, record (a record id) or q (a query id)" in message and "record_id" not in message
 
 
 def test_bad_filter_in_a_query_string_gets_422(client: TestClient) -> None:

@@ -1,6 +1,6 @@
 """The gateway with the real embedder (tiny model, known labels) and search service behind it, served on
-127.0.0.1: the prediction follows the user's taxon filters, and a record whose stored vector has no direction
-is a clear 4xx naming it."""
+127.0.0.1: the prediction follows the user's taxon filters, a record whose stored vector has no direction
+is a clear 4xx naming it, and a query embedded before is labelled as this request gave it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from services.embedder.app import create_app as create_embedder
 from services.search.app import create_app as create_search
 from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
 from stack.tiny_model import TinyModel
-from tests.conftest import tiny_embedder_settings
+from tests.conftest import ImageFactory, tiny_embedder_settings
 from tests.embedder.conftest import write_labels
 from tests.gateway.conftest import serving
 
@@ -155,3 +155,19 @@ def test_searching_from_a_record_without_a_usable_vector_is_a_422_naming_it(
         error = response.json()["error"]
         assert error["code"] == "unusable_vector" and f"record {record_id}" in error["message"]
         assert why in error["message"]
+
+
+def test_a_query_embedded_before_is_labelled_as_this_request_gave_it(
+    services: Services, make_image: ImageFactory
+) -> None:
+    photo = make_image(seed=7)
+    labels, ids = [], set()
+    for name in ("first-upload.jpg", "second-upload.jpg"):
+        response = services.gateway.post("/api/search", files={"image": (name, photo, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        labels.append(response.json()["label"])
+        ids.add(response.json()["query_id"])
+    # One vector (the second upload is not embedded again), but never another uploader's file name.
+    assert len(ids) == 1 and labels == ["first-upload.jpg", "second-upload.jpg"]
+    texts = [_search(services, record_id=None, text=text)["text"] for text in ("Morus alba", "  MORUS   alba")]
+    assert texts == ["Morus alba", "MORUS alba"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from services.common.errors import InvalidInput, UnsupportedMediaType
+from services.common.http_errors import json_body
 from services.common.schemas.embedder import ClassifyParameters, ClassifyRequest, ClassifyResponse
 from services.embedder.dependencies import EmbedderDep
 from services.embedder.routes import ERRORS
@@ -57,10 +57,7 @@ async def classify(request: Request, embedder: EmbedderDep) -> ClassifyResponse:
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            raise InvalidInput("the body is not valid JSON", code="invalid_json") from exc
+        body = json_body(await request.body())
         params: ClassifyRequest = _validated(ClassifyRequest, body)
         return await embedder.classify_vectors(params, params.input_vectors())
     if content_type.startswith("multipart/form-data"):
