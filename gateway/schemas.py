@@ -94,7 +94,9 @@ class _LinkQuery(BaseModel):
         # Checked here, in the query string's own names: QueryRequest would name its JSON fields
         # (record_id, query_id), which a query string does not take.
         given = [name for name in ("q", "text", "record") if getattr(self, name) is not None]
-        if len(given) != 1:
+        if len(given) > 1:
+            raise ValueError(one_query_message(("q", "text", "record"), given))
+        if not given:
             raise ValueError("give exactly one of text, record (a record id) or q (a query id)")
         return self
 
