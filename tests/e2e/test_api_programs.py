@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 from PIL import Image
 
 from bioclip_search_client import ApiError, Client, Hit, Record, SearchResult
@@ -176,21 +178,62 @@ def test_the_command_line_says_which_photo_failed_and_goes_on(
     assert "good.jpg\t2 hits\tnearest:" in captured.out
 
 
+def _requirement_names(dist: metadata.Distribution) -> list[str]:
+    """The names a distribution requires on this Python, extras left out."""
+    wanted = [Requirement(text) for text in dist.requires or []]
+    return [req.name for req in wanted if req.marker is None or req.marker.evaluate({"extra": ""})]
+
+
+def _copy_closure(name: str, site: Path) -> set[str]:
+    """Copy `name` and what it requires, as installed here, into another environment's site-packages: the
+    packages pip would fetch, without reaching a package index (the tests stay on this machine)."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        for file in dist.files or []:
+            if ".." in file.parts:  # scripts in bin/: not needed to import the package
+                continue
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(dist.locate_file(file), target)
+        todo += _requirement_names(dist)
+    return seen
+
+
 def test_the_client_installs_on_its_own_and_runs_from_a_fresh_venv(stack: Stack, tmp_path: Path) -> None:
-    """pip fetches httpx (and only what httpx needs) from the package index into an empty venv."""
+    """In an empty venv holding only httpx and what httpx needs, pip installs the client from its folder
+    (no index: nothing leaves this machine), it declares httpx as its one requirement, and it runs."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True, env=clean,
+        ).stdout.strip()
+    )  # fmt: skip
+    copied = _copy_closure("httpx", site)
+    # The build backend the client names (setuptools>=68), in place of the older one venv bundles.
+    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True, env=clean)
+    _copy_closure("setuptools", site)
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT / "client")],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+         "--no-build-isolation", str(ROOT / "client")],
         capture_output=True, text=True, timeout=600, env=clean, cwd=tmp_path,
     )  # fmt: skip
-    assert install.returncode == 0, install.stderr
+    assert install.returncode == 0, install.stderr  # --no-index: every requirement was already there
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True)
     installed = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert "bioclip-search-client" in installed and "httpx" in installed
+    assert "bioclip-search-client" in installed and "httpx" in copied
     assert not installed & {"fastapi", "pydantic", "numpy", "torch"}
+    shown = subprocess.run([str(python), "-m", "pip", "show", "bioclip-search-client"], capture_output=True, text=True)
+    assert "Requires: httpx" in shown.stdout
     record_id = _published(stack)
     run = subprocess.run(
         [str(python), "-m", "bioclip_search_client", "--url", stack.gateway.url, "record", str(record_id)],
