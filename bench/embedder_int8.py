@@ -36,21 +36,10 @@ import torch
 
 from bench.embedder import machine, varied_images
 from services.common.images import decode_image
-from services.embedder.precision import cpu_capability
+from services.embedder.precision import ImageTower, cpu_capability
 from services.embedder.preprocess import pybioclip_transform
 
 logger = logging.getLogger(__name__)
-
-
-class _ImageTower(torch.nn.Module):
-    """encode_image alone, for the ONNX export."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels)
 
 
 def _onnx_sessions(model: torch.nn.Module, folder: Path, threads: int) -> dict[str, object]:
@@ -84,7 +73,7 @@ def _export(model: torch.nn.Module, fp32_path: Path, int8_path: Path, quantize_d
     t0 = time.perf_counter()
     # The TorchScript-based exporter: the torch.export-based one needs onnxscript, one more package for a benchmark.
     torch.onnx.export(
-        _ImageTower(model),
+        ImageTower(model),
         (torch.zeros(1, 3, 224, 224),),
         str(fp32_path),
         dynamo=False,

@@ -67,7 +67,9 @@ def native_bf16(capability: str) -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-class _ImageTower(torch.nn.Module):
+class ImageTower(torch.nn.Module):
+    """`encode_image` alone, as ONNX exports it: (n, 3, size, size) pixels -> (n, dim) vectors."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -76,7 +78,9 @@ class _ImageTower(torch.nn.Module):
         return self.model.encode_image(pixels)
 
 
-class _TextTower(torch.nn.Module):
+class TextTower(torch.nn.Module):
+    """`encode_text` alone, as ONNX exports it: (n, context) token ids -> (n, dim) vectors."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -164,8 +168,8 @@ class Int8Towers:
         else:
             folder = cache_dir / "int8" / _fingerprint(model)
         try:
-            image = _quantized(_ImageTower(model), torch.zeros(1, 3, image_size, image_size), folder / "image.onnx")
-            text = _quantized(_TextTower(model), torch.zeros(1, context_length, dtype=torch.long), folder / "text.onnx")
+            image = _quantized(ImageTower(model), torch.zeros(1, 3, image_size, image_size), folder / "image.onnx")
+            text = _quantized(TextTower(model), torch.zeros(1, context_length, dtype=torch.long), folder / "text.onnx")
             self.image, self.text = _session(image, threads), _session(text, threads)
         finally:
             if temporary is not None:
