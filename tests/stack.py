@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,3 +100,19 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def read_until_ready(runner: subprocess.Popen[str], seconds: float = 240) -> list[str]:
+    """The lines `make run`'s runner printed until its "Ready:" line (asserted), its end, or `seconds`."""
+    output: list[str] = []
+    assert runner.stdout is not None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = runner.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if line.startswith("Ready:"):
+            break
+    assert any(line.startswith("Ready:") for line in output), "".join(output)
+    return output

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from playwright.sync_api import sync_playwright
 from stack.processes import ROOT
 from tests.browser.pages import CHROMIUM, CHROMIUM_ARGS
 from tests.hub import COLLECTION_REPO, LABELS_REPO, MODEL_REPO, LocalHub
+from tests.stack import read_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -63,18 +63,8 @@ def test_make_data_into_an_empty_folder_then_the_stack_searches_it_offline(
         [sys.executable, "-m", "stack", "--logs", str(tmp_path / "logs")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    output: list[str] = []
     try:
-        assert runner.stdout is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = runner.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if line.startswith("Ready:"):
-                break
-        assert any(line.startswith("Ready:") for line in output), "".join(output)
+        read_until_ready(runner)
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         info = httpx.get(gateway + "/api/info", timeout=30).json()
         assert info["notice"] == ""

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from stack.processes import ROOT, ServiceProcess, StartFailed
+from tests.stack import read_until_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -40,18 +40,8 @@ def test_runner_builds_the_demo_serves_it_and_stops_everything_on_ctrl_c(
         [sys.executable, "-m", "stack", "--logs", str(tmp_path / "logs")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    output: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        assert runner.stdout is not None
-        while time.monotonic() < deadline:
-            line = runner.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if line.startswith("Ready:"):
-                break
-        assert any(line.startswith("Ready:") for line in output), "".join(output)
+        read_until_ready(runner)
         gateway = f"http://127.0.0.1:{ports['GATEWAY']}"
         info = httpx.get(gateway + "/api/info", timeout=30).json()
         assert info["notice"].startswith("Offline demo") and info["index"]["vectors"] == 300
