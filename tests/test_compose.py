@@ -367,7 +367,10 @@ def test_proxy_renders_the_template_the_tests_run_in_place_of_the_images_default
     assert compose_service("proxy")["volumes"] == [mount]
     # The image writes templates/X.template to conf.d/X: default.conf replaces the image's own server.
     assert PROXY_TEMPLATE.name == "default.conf.template"
-    assert [p.name for p in PROXY_TEMPLATE.parent.iterdir()] == [PROXY_TEMPLATE.name]
+    # The entrypoint fills in *.template only: the folder's kustomization.yaml (the template as a ConfigMap
+    # for deploy/kubernetes) is not read there.
+    assert [p.name for p in PROXY_TEMPLATE.parent.glob("*.template")] == [PROXY_TEMPLATE.name]
+    assert {p.name for p in PROXY_TEMPLATE.parent.iterdir()} == {PROXY_TEMPLATE.name, "kustomization.yaml"}
 
 
 def test_proxy_gives_the_template_every_variable_with_the_values_the_tests_use() -> None:
@@ -457,7 +460,10 @@ def test_embedder_installs_the_pinned_torch_from_the_cpu_index_before_its_requir
     runs = image_of("embedder").all("RUN")
     pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", (ROOT / "requirements/embedder.txt").read_text(), re.M))
     assert set(pins) == {"torch", "torchvision"}
-    (cpu,) = [i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run]
+    # The index is a build argument (the GPU image takes PyPI's CUDA wheels) whose default is the CPU one.
+    args = dict(arg.partition("=")[::2] for arg in image_of("embedder").all("ARG"))
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    (cpu,) = [i for i, run in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}"' in run]
     for package, version in pins.items():
         assert f"{package}=={version}" in runs[cpu].split(), f"the Dockerfile installs another {package} than {version}"
     (requirements,) = [i for i, run in enumerate(runs) if "requirements/embedder.txt" in run]
