@@ -698,3 +698,58 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- the compose specification, and replicas -----------------------------------------------------
+
+
+def check_compose_schema(path: Path) -> tuple[int, str]:
+    """check-jsonschema against its vendored copy of the compose-spec schema, in this process (so the
+    test suite's guard sees that nothing is fetched)."""
+    from check_jsonschema.cli.main_command import main as check_jsonschema
+    from click.testing import CliRunner
+
+    done = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.compose-spec", str(path)])
+    return done.exit_code, done.output
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    code, output = check_compose_schema(COMPOSE_FILE)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda c: c["services"]["fetcher"]["healthcheck"].update(intervall="15s"), "intervall"),
+        (lambda c: c["services"]["search"]["deploy"].update(replicas=[2]), "replicas"),
+        (lambda c: c["services"]["gateway"].update(restart=["always"]), "restart"),
+    ],
+    ids=["misspelled key", "wrong type", "wrong type of a known key"],
+)
+def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path, damage: Any, expected: str) -> None:
+    compose = load_compose()
+    damage(compose)
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(compose))
+    code, output = check_compose_schema(broken)
+    assert code == 1
+    assert expected in output
+
+
+@pytest.mark.parametrize("name", ["embedder", "search"])
+def test_embedder_and_search_run_as_several_replicas_behind_one_name(name: str) -> None:
+    service = compose_service(name)
+    replicas = interpolate(str(service["deploy"]["replicas"]))
+    assert int(replicas) >= 2
+    assert f"${{{name.upper()}_REPLICAS" in str(service["deploy"]["replicas"]), "the operator sets how many"
+    # Replicas share the service's name: one container name or one host port would collide.
+    assert "container_name" not in service
+    assert "ports" not in service
+
+
+def test_fetcher_stays_one_replica_and_the_proxy_is_the_only_published_port() -> None:
+    assert compose_service("fetcher")["deploy"]["replicas"] == 1
+    services = load_compose()["services"]
+    assert [name for name, service in services.items() if "ports" in service] == ["proxy"]
+    assert not [name for name, service in services.items() if "container_name" in service]
