@@ -44,3 +44,18 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     echo "note: nginx is not installed; the proxy tests will be skipped (apt-get install nginx)"
   fi
 fi
+
+# tests/test_kubernetes.py renders deploy/kubernetes with `kubectl kustomize` (kustomize v5, kubectl >= 1.27).
+if ! command -v kubectl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's kubernetes-client (kubectl) for the manifest tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+  else
+    echo "note: kubectl is not installed; the Kubernetes manifest tests will be skipped (apt-get install kubernetes-client)"
+  fi
+fi
+if command -v kubectl >/dev/null 2>&1 && ! kubectl version --client 2>/dev/null | grep -q "Kustomize Version: v[5-9]"; then
+  echo "note: this kubectl's kustomize is older than v5 (Debian 12's kubernetes-client is 1.20); the Kubernetes"
+  echo "      manifest tests will be skipped: install kubectl >= 1.27 (https://kubernetes.io/docs/tasks/tools/)"
+fi

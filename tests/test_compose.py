@@ -367,7 +367,10 @@ def test_proxy_renders_the_template_the_tests_run_in_place_of_the_images_default
     assert compose_service("proxy")["volumes"] == [mount]
     # The image writes templates/X.template to conf.d/X: default.conf replaces the image's own server.
     assert PROXY_TEMPLATE.name == "default.conf.template"
-    assert [p.name for p in PROXY_TEMPLATE.parent.iterdir()] == [PROXY_TEMPLATE.name]
+    # The entrypoint fills in *.template only: the folder's kustomization.yaml (the template as a ConfigMap
+    # for deploy/kubernetes) is not read there.
+    assert [p.name for p in PROXY_TEMPLATE.parent.glob("*.template")] == [PROXY_TEMPLATE.name]
+    assert {p.name for p in PROXY_TEMPLATE.parent.iterdir()} == {PROXY_TEMPLATE.name, "kustomization.yaml"}
 
 
 def test_proxy_gives_the_template_every_variable_with_the_values_the_tests_use() -> None:
@@ -457,7 +460,10 @@ def test_embedder_installs_the_pinned_torch_from_the_cpu_index_before_its_requir
     runs = image_of("embedder").all("RUN")
     pins = dict(re.findall(r"^(torch|torchvision)==(\S+)", (ROOT / "requirements/embedder.txt").read_text(), re.M))
     assert set(pins) == {"torch", "torchvision"}
-    (cpu,) = [i for i, run in enumerate(runs) if "download.pytorch.org/whl/cpu" in run]
+    # The index is a build argument (the GPU image takes PyPI's CUDA wheels) whose default is the CPU one.
+    args = dict(arg.partition("=")[::2] for arg in image_of("embedder").all("ARG"))
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    (cpu,) = [i for i, run in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}"' in run]
     for package, version in pins.items():
         assert f"{package}=={version}" in runs[cpu].split(), f"the Dockerfile installs another {package} than {version}"
     (requirements,) = [i for i, run in enumerate(runs) if "requirements/embedder.txt" in run]
@@ -692,3 +698,58 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- the compose specification, and replicas -----------------------------------------------------
+
+
+def check_compose_schema(path: Path) -> tuple[int, str]:
+    """check-jsonschema against its vendored copy of the compose-spec schema, in this process (so the
+    test suite's guard sees that nothing is fetched)."""
+    from check_jsonschema.cli.main_command import main as check_jsonschema
+    from click.testing import CliRunner
+
+    done = CliRunner().invoke(check_jsonschema, ["--builtin-schema", "vendor.compose-spec", str(path)])
+    return done.exit_code, done.output
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    code, output = check_compose_schema(COMPOSE_FILE)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda c: c["services"]["fetcher"]["healthcheck"].update(intervall="15s"), "intervall"),
+        (lambda c: c["services"]["search"]["deploy"].update(replicas=[2]), "replicas"),
+        (lambda c: c["services"]["gateway"].update(restart=["always"]), "restart"),
+    ],
+    ids=["misspelled key", "wrong type", "wrong type of a known key"],
+)
+def test_compose_schema_check_rejects_a_broken_file(tmp_path: Path, damage: Any, expected: str) -> None:
+    compose = load_compose()
+    damage(compose)
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(yaml.safe_dump(compose))
+    code, output = check_compose_schema(broken)
+    assert code == 1
+    assert expected in output
+
+
+@pytest.mark.parametrize("name", ["embedder", "search"])
+def test_embedder_and_search_run_as_several_replicas_behind_one_name(name: str) -> None:
+    service = compose_service(name)
+    replicas = interpolate(str(service["deploy"]["replicas"]))
+    assert int(replicas) >= 2
+    assert f"${{{name.upper()}_REPLICAS" in str(service["deploy"]["replicas"]), "the operator sets how many"
+    # Replicas share the service's name: one container name or one host port would collide.
+    assert "container_name" not in service
+    assert "ports" not in service
+
+
+def test_fetcher_stays_one_replica_and_the_proxy_is_the_only_published_port() -> None:
+    assert compose_service("fetcher")["deploy"]["replicas"] == 1
+    services = load_compose()["services"]
+    assert [name for name, service in services.items() if "ports" in service] == ["proxy"]
+    assert not [name for name, service in services.items() if "container_name" in service]
