@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load bench-reliability check-precision clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load bench-reliability bench-footprint check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-fetcher: install ## Fetcher wall time against slow and rate-limited local 
 
 bench-reliability: install ## Gateway memory under 20 concurrent slow 19 MB uploads; embedder restart to ready
 	$(PY) -m bench.reliability all
+
+bench-footprint: install ## The embedder's memory with ViT-L-14 (random weights) at ready and under a batch: sizes its containers
+	$(PY) -m bench.footprint
 
 bench-load: install ## The demo stack under 16 page users for 60 s (locust, through nginx when installed)
 	$(PY) -m bench.load
