@@ -299,7 +299,8 @@ class Upstream:
                 replica = self.replicas.pick(exclude=tried)
                 if replica is None and failure is None and unavailable is None:
                     replica = self.replicas.pick()  # the try after a dropped connection, every replica tried
-                out_of_time = deadline is not None and loop.time() >= deadline and (failure or unavailable)
+                tried_here = failure is not None or unavailable is not None
+                out_of_time = tried_here and deadline is not None and loop.time() >= deadline
                 if replica is None or out_of_time:
                     if unavailable is not None:
                         return unavailable
