@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,6 +19,7 @@ from gateway.clients import ServiceClients
 from gateway.errors import ModelIndexMismatch
 from gateway.query_cache import QueryCache
 from gateway.rate_limit import SlidingWindowLimiter
+from gateway.replicas import ReplicaCollector
 from gateway.routes import examples, health, previews, queries, records, search, taxa, vocabulary
 from gateway.searching import Searcher
 from gateway.security_headers import SecurityHeadersMiddleware
@@ -25,6 +28,8 @@ from gateway.settings import GatewaySettings
 from services.common.http import make_async_client
 from services.common.http_errors import Status, StatusTable
 from services.common.service import BlockingPool, create_service_app
+
+logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -43,7 +48,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             user_agent=settings.user_agent,
         )
         app.state.settings = settings
-        app.state.clients = ServiceClients(client, settings)
+        app.state.clients = clients = ServiceClients(client, settings)
+        # The replicas behind the services' host names, before the first call; bounded, so a name that
+        # does not resolve yet (its service still starting) does not hold the gateway's start-up.
+        try:
+            await asyncio.wait_for(clients.resolve(), timeout=settings.connect_timeout)
+        except TimeoutError:
+            logger.warning("resolving the services' host names took over %.0f s; going on", settings.connect_timeout)
+        resolving = asyncio.create_task(clients.keep_resolving())
         app.state.served = ServedImages(settings.served_images)
         app.state.uploads = UploadSlots(settings.max_concurrent_uploads, retry_after=settings.shed_retry_after)
         app.state.searcher = Searcher(
@@ -57,9 +69,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.image_limiter = SlidingWindowLimiter(settings.images_per_minute)
         app.state.preview_pool = BlockingPool(settings.max_concurrent_previews)
         app.state.ready = True
-        async with client:
-            yield
-        app.state.ready = False
+        try:
+            async with client:
+                yield
+        finally:
+            app.state.ready = False
+            resolving.cancel()
+            with suppress(asyncio.CancelledError):
+                await resolving
 
     app = create_service_app(
         "gateway",
@@ -71,6 +88,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         errors=ERROR_STATUS,
         schema_models=search.SCHEMA_MODELS,
         unknown_parameter=search.UNKNOWN,
+    )
+    app.state.metrics_registry.register(
+        ReplicaCollector(lambda: clients.upstreams.values() if (clients := getattr(app.state, "clients", None)) else ())
     )
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origin_list:  # outside the security headers, so a preflight is answered before them

@@ -5,6 +5,9 @@ connection (gateway/admission.py). Every call has one deadline, its service's ti
 both the wait for a slot and the call itself. All the calls here are idempotent (GETs, and POSTs
 that compute without changing anything: embed, classify, search), so each is sent once more when
 the service closed a kept-alive connection under it (services/common/http.py).
+
+The embedder and search may run as several replicas: each call goes to one of them and moves on to
+another when one is down (gateway/replicas.py). The fetcher is one process.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from cachetools import TTLCache
 
 from gateway.admission import CallSlots
 from gateway.errors import ModelIndexMismatch
+from gateway.replicas import Replica, Upstream
 from gateway.settings import GatewaySettings
 from services.common.errors import DomainError
-from services.common.http import raise_for_upstream, send_idempotent, upstream
+from services.common.http import raise_for_upstream, upstream, upstream_error
 from services.common.schemas.embedder import ClassifyResponse, EmbedResponse
 from services.common.schemas.search import Record, SearchRequest, SearchResponse, TaxonSuggestions
 from services.common.vocabulary import TaxonFilter
@@ -41,6 +45,13 @@ def index_identity(stats: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class ReplicaReadiness:
+    url: str
+    ready: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class ImageBytes:
     data: bytes
     media_type: str
@@ -52,10 +63,19 @@ class ServiceClients:
     def __init__(self, client: httpx.AsyncClient, settings: GatewaySettings) -> None:
         self.client = client
         self.settings = settings
+        # As configured (what /internal/health shows); the replicas behind each are in `upstreams`.
         self.urls = {
-            "embedder": settings.embedder_url.rstrip("/"),
-            "search": settings.search_url.rstrip("/"),
+            "embedder": settings.embedder_url,
+            "search": settings.search_url,
             "fetcher": settings.fetcher_url.rstrip("/"),
+        }
+        spread = {"backoff": settings.replica_backoff, "max_backoff": settings.replica_max_backoff}
+        resolve = settings.resolve_interval > 0
+        self.upstreams = {
+            "embedder": Upstream("embedder", settings.embedder_urls, resolve=resolve, **spread),
+            "search": Upstream("search", settings.search_urls, resolve=resolve, **spread),
+            # One fetcher owns the image sources' budgets: called at its URL as given, never spread.
+            "fetcher": Upstream("fetcher", [self.urls["fetcher"]], resolve=False, **spread),
         }
         sizes = {
             "embedder": settings.max_concurrent_embeds,
@@ -82,18 +102,36 @@ class ServiceClients:
         """One idempotent call, queueing included, within `timeout` seconds (the request's deadline)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        url = self.urls[service] + path
+        headers = kwargs.pop("headers", None) or {}
 
-        async def send() -> httpx.Response:
-            # What is left of the deadline, for the first try and for a second one alike.
+        async def send(replica: Replica) -> httpx.Response:
+            # What is left of the deadline, for the first try and for any further one alike.
             left = max(deadline - loop.time(), 0.001)
-            return await self.client.request(method, url, timeout=self._timeout(left), **kwargs)
+            url, host, extensions = replica.target(path)
+            return await self.client.request(
+                method, url, timeout=self._timeout(left), headers={**headers, **host}, extensions=extensions, **kwargs
+            )
 
         async with self.slots[service].hold(deadline):
             with upstream(service):
-                response = await send_idempotent(send)
+                response = await self.upstreams[service].call(send, deadline=deadline)
         raise_for_upstream(service, response)
         return response
+
+    async def resolve(self) -> None:
+        """Resolve the services' host names into replica addresses (once; see `keep_resolving`)."""
+        await asyncio.gather(*(upstream.refresh() for upstream in self.upstreams.values()))
+
+    async def keep_resolving(self) -> None:
+        """Resolve again every `resolve_interval` seconds, until cancelled (the app's lifespan)."""
+        if self.settings.resolve_interval <= 0 or not any(u.resolves for u in self.upstreams.values()):
+            return
+        while True:
+            await asyncio.sleep(self.settings.resolve_interval)
+            try:
+                await self.resolve()
+            except Exception:  # one bad round must not end resolving for the process's life
+                logger.exception("resolving the services' replicas failed")
 
     async def embed_images(self, images: list[tuple[str, IO[bytes], str]]) -> EmbedResponse:
         """Vectors of uploaded photos: (file name, file, content type); files stream from where they are
@@ -191,18 +229,25 @@ class ServiceClients:
             self._identity["identity"] = found
         return found
 
-    async def readiness(self, service: str) -> tuple[bool, str | None]:
-        try:
-            with upstream(service):
-                response = await self.client.get(
-                    self.urls[service] + "/readyz", timeout=self._timeout(self.settings.connect_timeout)
-                )
-        except DomainError as exc:
-            return False, exc.message
-        if response.status_code == 200:
-            return True, None
-        try:
-            reason = response.json().get("reason") or f"status {response.status_code}"
-        except ValueError:
-            reason = f"status {response.status_code}"
-        return False, reason
+    async def readiness(self, service: str) -> list[ReplicaReadiness]:
+        """Each replica's /readyz, asked at once; what they say also updates which replicas take calls."""
+        timeout = self._timeout(self.settings.connect_timeout)
+
+        async def ask(replica: Replica) -> httpx.Response:
+            url, host, extensions = replica.target("/readyz")
+            return await self.client.get(url, timeout=timeout, headers=host, extensions=extensions)
+
+        found = []
+        for replica, answer in await self.upstreams[service].probe(ask):
+            if isinstance(answer, httpx.HTTPError):
+                found.append(ReplicaReadiness(replica.url, False, upstream_error(service, answer).message))
+                continue
+            if answer.status_code == 200:
+                found.append(ReplicaReadiness(replica.url, True, None))
+                continue
+            try:
+                reason = answer.json().get("reason") or f"status {answer.status_code}"
+            except ValueError:
+                reason = f"status {answer.status_code}"
+            found.append(ReplicaReadiness(replica.url, False, reason))
+        return found

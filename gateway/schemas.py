@@ -280,10 +280,19 @@ class Export(SearchResult):
     provenance: Provenance
 
 
-class ServiceHealth(BaseModel):
+class ReplicaHealth(BaseModel):
     ready: bool
-    url: str | None = Field(None, description="The service's base URL (GET /internal/health only).")
+    url: str | None = Field(None, description="The replica's base URL (GET /internal/health only).")
     reason: str | None = None
+
+
+class ServiceHealth(BaseModel):
+    ready: bool = Field(description="At least one replica is ready.")
+    url: str | None = Field(None, description="The service's base URL(s), as set (GET /internal/health only).")
+    reason: str | None = None
+    replicas: list[ReplicaHealth] = Field(
+        default_factory=list, description="Each replica the gateway spreads calls over (one unless scaled)."
+    )
 
 
 class GatewayHealth(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -11,13 +12,71 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings
 
 
+def check_base_url(entry: str) -> str:
+    """`entry` stripped, if it is an http(s) base URL: scheme, host, optional port and path, nothing else."""
+    url = entry.strip()
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        port_ok = False
+    if not port_ok or parts.username or parts.password or any(c.isspace() for c in url):
+        raise ValueError(
+            f"{url!r} is not an http(s) base URL; give one, or several separated by commas "
+            "(e.g. http://10.0.0.5:8001,http://10.0.0.6:8001)"
+        )
+    return url.rstrip("/")
+
+
+def base_urls(value: str) -> list[str]:
+    """The base URLs of a comma-separated setting, each without a trailing slash."""
+    return [check_base_url(entry) for entry in value.split(",")]
+
+
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
-    embedder_url: str = Field("http://127.0.0.1:8001", description="Base URL of the embedder service.")
-    search_url: str = Field("http://127.0.0.1:8002", description="Base URL of the search service.")
-    fetcher_url: str = Field("http://127.0.0.1:8003", description="Base URL of the fetcher service.")
+    embedder_url: str = Field(
+        "http://127.0.0.1:8001",
+        description=(
+            "Base URL of the embedder service; several replicas: comma-separated base URLs "
+            "(`http://10.0.0.5:8001,http://10.0.0.6:8001`), and/or a host name that resolves to several "
+            "addresses, each of which is then a replica (see GATEWAY_RESOLVE_INTERVAL)."
+        ),
+    )
+    search_url: str = Field(
+        "http://127.0.0.1:8002",
+        description="Base URL of the search service; several replicas as for GATEWAY_EMBEDDER_URL.",
+    )
+    fetcher_url: str = Field(
+        "http://127.0.0.1:8003",
+        description=(
+            "Base URL of the fetcher service: one URL, called as given (never spread over the addresses its "
+            "name resolves to). One fetcher process owns the per-domain request and byte budgets of the "
+            "image sources."
+        ),
+    )
+    resolve_interval: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Seconds between resolving the host names in GATEWAY_EMBEDDER_URL and GATEWAY_SEARCH_URL again; "
+            "every address a name resolves to is a replica (compose's `deploy.replicas`, a Kubernetes "
+            "headless Service). 0: names are not resolved by the gateway (one replica per URL)."
+        ),
+    )
+    replica_backoff: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Seconds a replica that refused or dropped a connection, did not accept one in time, or answered "
+            "503 is left out; doubled for each further failure in a row, up to GATEWAY_REPLICA_MAX_BACKOFF."
+        ),
+    )
+    replica_max_backoff: float = Field(30.0, gt=0, description="Longest time, in seconds, a replica is left out.")
     connect_timeout: float = Field(3.0, gt=0, description="Seconds to connect to a service.")
     embed_timeout: float = Field(60.0, gt=0, description="Seconds the embedder may take to answer.")
     search_timeout: float = Field(30.0, gt=0, description="Seconds the search service may take to answer.")
@@ -83,6 +142,34 @@ class GatewaySettings(ServiceSettings):
     max_concurrent_previews: int = Field(2, ge=1, description="Previews decoded at once (each a thread).")
     notice: str = Field("", description="A line the page shows above everything (the demo says so here).")
     user_agent: str = Field("bioclip-image-search-gateway/0.1", description="User-Agent sent to the services.")
+
+    @property
+    def embedder_urls(self) -> list[str]:
+        return base_urls(self.embedder_url)
+
+    @property
+    def search_urls(self) -> list[str]:
+        return base_urls(self.search_url)
+
+    @field_validator("embedder_url", "search_url")
+    @classmethod
+    def _replica_urls(cls, value: str) -> str:
+        urls = [check_base_url(entry) for entry in value.split(",")]
+        repeated = sorted({url for url in urls if urls.count(url) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]} is listed twice; list each replica once")
+        return value
+
+    @field_validator("fetcher_url")
+    @classmethod
+    def _one_fetcher(cls, value: str) -> str:
+        if "," in value:
+            raise ValueError(
+                "give one fetcher URL: one fetcher process owns the per-domain request and byte budgets "
+                "of the image sources, so the fetcher is not run as several replicas"
+            )
+        check_base_url(value)
+        return value
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -11,10 +11,10 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from gateway.clients import ServiceClients
+from gateway.clients import ReplicaReadiness, ServiceClients
 from gateway.dependencies import ClientsDep, SettingsDep
 from gateway.public import redact
-from gateway.schemas import GatewayHealth, Info, ServiceHealth
+from gateway.schemas import GatewayHealth, Info, ReplicaHealth, ServiceHealth
 
 router = APIRouter(prefix="/api", tags=["operations"])
 internal_router = APIRouter(prefix="/internal", tags=["operations"])
@@ -22,13 +22,30 @@ internal_router = APIRouter(prefix="/internal", tags=["operations"])
 SERVICES = ("embedder", "search", "fetcher")
 
 
+def _service_health(url: str, replicas: list[ReplicaReadiness], *, internal: bool) -> ServiceHealth:
+    ready = [r for r in replicas if r.ready]
+    if not ready:
+        reason = replicas[0].reason
+    elif len(ready) < len(replicas):
+        reason = f"{len(ready)} of {len(replicas)} replicas ready"
+    else:
+        reason = None
+    listed = [
+        ReplicaHealth(ready=r.ready, url=r.url, reason=r.reason)
+        if internal
+        else ReplicaHealth(ready=r.ready, reason=redact(r.reason))
+        for r in replicas
+    ]
+    if internal:
+        return ServiceHealth(ready=bool(ready), url=url, reason=reason, replicas=listed)
+    return ServiceHealth(ready=bool(ready), reason=redact(reason), replicas=listed)
+
+
 async def _health(clients: ServiceClients, *, internal: bool) -> JSONResponse:
     answers = await asyncio.gather(*(clients.readiness(name) for name in SERVICES))
     services = {
-        name: ServiceHealth(ready=ready, url=clients.urls[name], reason=reason)
-        if internal
-        else ServiceHealth(ready=ready, reason=redact(reason))
-        for name, (ready, reason) in zip(SERVICES, answers, strict=True)
+        name: _service_health(clients.urls[name], replicas, internal=internal)
+        for name, replicas in zip(SERVICES, answers, strict=True)
     }
     everything = all(s.ready for s in services.values())
     body = GatewayHealth(status="ok" if everything else "degraded", services=services)
@@ -37,14 +54,15 @@ async def _health(clients: ServiceClients, *, internal: bool) -> JSONResponse:
 
 @router.get("/health", response_model=GatewayHealth, responses={503: {"model": GatewayHealth}})
 async def health(clients: ClientsDep) -> JSONResponse:
-    """Whether each service is ready, with the reason for any that is not (no internal addresses).
-    503 when one is not."""
+    """Whether each service is ready (at least one of its replicas is), with each replica's state and the
+    reason for any that is not (no internal addresses). 503 when a service has no ready replica."""
     return await _health(clients, internal=False)
 
 
 @internal_router.get("/health", response_model=GatewayHealth, responses={503: {"model": GatewayHealth}})
 async def internal_health(clients: ClientsDep) -> JSONResponse:
-    """As /api/health, with each service's URL and its reason as given. Not passed on by the proxy."""
+    """As /api/health, with each service's and each replica's URL and the reasons as given. Not passed on
+    by the proxy."""
     return await _health(clients, internal=True)
 
 

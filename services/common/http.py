@@ -104,22 +104,27 @@ _WHAT_HAPPENED: list[tuple[type[Exception], str]] = [
 ]
 
 
-@contextmanager
-def upstream(service: str) -> Iterator[None]:
-    """Transport failures talking to `service` as domain errors, naming it and what happened:
+def upstream_error(service: str, exc: httpx.HTTPError) -> DomainError:
+    """A transport failure talking to `service` as a domain error, naming it and what happened:
     a timeout is `DependencyTimeout` (504 `<service>_timeout`); a refused, closed or dropped
     connection is `DependencyUnavailable` (503 `<service>_unavailable`: the service is down or was
     killed mid-call); anything else is `DependencyFailed` (502 `<service>_error`)."""
+    what = next((words for kind, words in _WHAT_HAPPENED if isinstance(exc, kind)), "failed")
+    message = f"the {service} service {what} ({describe(exc)})"
+    if isinstance(exc, httpx.TimeoutException):
+        return DependencyTimeout(service, message, code=f"{service}_timeout")
+    if isinstance(exc, (httpx.ConnectError, *CLOSED_CONNECTION)):
+        return DependencyUnavailable(service, message, code=f"{service}_unavailable")
+    return DependencyFailed(service, message, code=f"{service}_error")
+
+
+@contextmanager
+def upstream(service: str) -> Iterator[None]:
+    """Transport failures talking to `service` raised as domain errors (`upstream_error`)."""
     try:
         yield
     except httpx.HTTPError as exc:
-        what = next((words for kind, words in _WHAT_HAPPENED if isinstance(exc, kind)), "failed")
-        message = f"the {service} service {what} ({describe(exc)})"
-        if isinstance(exc, httpx.TimeoutException):
-            raise DependencyTimeout(service, message, code=f"{service}_timeout") from exc
-        if isinstance(exc, (httpx.ConnectError, *CLOSED_CONNECTION)):
-            raise DependencyUnavailable(service, message, code=f"{service}_unavailable") from exc
-        raise DependencyFailed(service, message, code=f"{service}_error") from exc
+        raise upstream_error(service, exc) from exc
 
 
 async def send_idempotent(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:

@@ -203,6 +203,8 @@ def create_service_app(
     app.state.stop_server = None
     install_error_handlers(app, errors, unknown_parameter)
     metrics = _Metrics(service)
+    # Where an app registers figures of its own (a collector read at scrape time) beside the request counts.
+    app.state.metrics_registry = metrics.registry
     # Added innermost first: request ids and metrics also cover the 413s of the size limit.
     if max_body_bytes is not None:
         app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
