@@ -315,6 +315,14 @@ def test_gateway_reaches_each_service_by_its_service_name_and_trusts_the_pod_net
     assert env["GATEWAY_TRUSTED_PROXIES"]
 
 
+@pytest.mark.parametrize("name", ["embedder", "search"])
+def test_replicated_services_are_headless_so_the_gateway_sees_every_pod(name: str) -> None:
+    service = objects("base", "Service")[name]
+    assert service["spec"]["clusterIP"] == "None"
+    assert not service["spec"].get("publishNotReadyAddresses"), "only ready pods may receive calls"
+    assert float(env_of("gateway").get("GATEWAY_RESOLVE_INTERVAL", "5")) > 0
+
+
 # --- state: the collection and the fetcher -------------------------------------------------------
 
 
