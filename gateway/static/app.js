@@ -47,6 +47,7 @@
     exportJson: $("export-json"),
     copyLink: $("copy-link"),
     identityNote: $("identity-note"),
+    similarityScale: $("similarity-scale"),
     predictionBody: $("prediction-body"),
     consensusBody: $("consensus-body"),
     treeBody: $("tree-body"),
@@ -492,6 +493,7 @@
     renderConsensus(result);
     renderTree(result.tree);
     renderHits(result);
+    if (!similarityScaleKnown) loadInfo({ retry: true });
   }
 
   function queryLabel(result) {
@@ -1220,7 +1222,15 @@
 
   // ---------- service info ----------
 
-  async function loadInfo() {
+  // The search service measures its similarity scale after it starts: until then (or when it cannot),
+  // /api/info has none, and a search asks again, at most once a minute.
+  let similarityScaleKnown = false;
+  let infoAskedAt = 0;
+  const INFO_RETRY_MS = 60_000;
+
+  async function loadInfo({ retry = false } = {}) {
+    if (retry && Date.now() - infoAskedAt < INFO_RETRY_MS) return;
+    infoAskedAt = Date.now();
     try {
       const response = await fetch(`${API}/info`);
       if (!response.ok) throw new Error(String(response.status));
@@ -1230,9 +1240,29 @@
         els.notice.hidden = false;
       }
       els.footer.textContent = infoLine(info);
+      showSimilarityScale(info.index && info.index.similarity_scale);
     } catch {
-      els.footer.textContent = "Service info unavailable.";
+      if (!retry) els.footer.textContent = "Service info unavailable.";
     }
+  }
+
+  // What is high for this model and collection, as the search service measured it on its own records;
+  // nothing at all when it has not (no taxonomy, too few records): no number is made up here.
+  function showSimilarityScale(scale) {
+    const same = scale && scale.same_species;
+    const unrelated = scale && scale.other_genera;
+    const number = (v) => typeof v === "number" && Number.isFinite(v);
+    if (!same || !unrelated || !number(same.p25) || !number(unrelated.median) || !number(scale.samples)) {
+      els.similarityScale.hidden = true;
+      els.similarityScale.textContent = "";
+      return;
+    }
+    similarityScaleKnown = true;
+    els.similarityScale.textContent =
+      ` For this model and collection, the nearest other photo of the same species typically scores above ` +
+      `${same.p25.toFixed(2)} (3 in 4 do; median ${same.median.toFixed(2)}); photos of other genera score ` +
+      `around ${unrelated.median.toFixed(2)}. Measured on ${plural(scale.samples, "record")} of the collection.`;
+    els.similarityScale.hidden = false;
   }
 
   function infoLine(info) {

@@ -52,6 +52,13 @@ class Record(Taxonomy):
     url: str | None = Field(None, description="Where the image is published, or null.")
     has_url: bool = False
     in_bioclip2_training: bool | None = None
+    license: str | None = Field(
+        None,
+        description="The image's licence (dcterms:license: a URI or a name such as CC-BY-4.0), when the metadata "
+        "has such a column; else null, and the source's page for the record says it.",
+    )
+    rights_holder: str | None = Field(None, description="Who holds the image's rights (dcterms:rightsHolder).")
+    rights: str | None = Field(None, description="A statement of the image's rights (dcterms:rights).")
 
     @computed_field(description="Genus and epithet together, when both are known.")  # type: ignore[prop-decorator]
     @property
