@@ -680,7 +680,7 @@
     searchFrom.type = "button";
     searchFrom.id = "search-from";
     searchFrom.addEventListener("click", () => searchFromRecord(hit));
-    info.append(hitPosition(hit), taxonomyTable(taxonomy), sourceList(hit));
+    info.append(hitPosition(hit), taxonomyTable(taxonomy), sourceList(hit), rightsNote(hit));
     const links = linkList(hit);
     if (links) info.append(links);
     info.append(searchFrom);
@@ -728,6 +728,9 @@
       ["Source id", hit.source_id],
       ["In BioCLIP-2 training", training],
       ["Similarity", hit.similarity !== undefined ? formatSimilarity(hit.similarity) : null],
+      ["Licence", hit.license],
+      ["Rights holder", hit.rights_holder],
+      ["Rights", hit.rights],
     ];
     for (const [term, value] of rows) {
       if (value === null || value === undefined || value === "") continue;
@@ -736,11 +739,33 @@
     return dl;
   }
 
+  // Where the image's licence and rights are found. The collection's metadata may hold them (shown in the
+  // source list above); when it holds none for this record, the source's own page is where they are.
+  function rightsNote(hit) {
+    const known = [hit.license, hit.rights_holder, hit.rights].some((v) => typeof v === "string" && v);
+    const note = el("p", "rights-note");
+    note.id = "rights-note";
+    if (!safeHref(hit.source_record_url)) {
+      const source = hit.source_dataset ? `its source (${hit.source_dataset})` : "its source";
+      note.textContent = known
+        ? `Licence and rights as the collection's metadata gives them; ${source} is the authority on them.`
+        : `The collection's metadata holds no licence or rights for this image: ${source} gives them.`;
+      return note;
+    }
+    const link = el("a", null, "source record's page");
+    link.href = hit.source_record_url;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    if (known) note.append("Licence and rights as the collection's metadata gives them; the ", link, " is the authority on them.");
+    else note.append("The collection's metadata holds no licence or rights for this image: the ", link, " gives its licence and rights holder.");
+    return note;
+  }
+
   // Links open in a new tab; noopener keeps the external page from reaching back.
   function linkList(hit) {
     const items = [
       ["original image", hit.image_url],
-      ["source record (its page gives the image's licence and rights holder)", hit.source_record_url],
+      ["source record", hit.source_record_url],
     ].filter(([, href]) => safeHref(href));
     if (!items.length) return null;
     const list = el("ul", "links");
