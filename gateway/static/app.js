@@ -1248,10 +1248,10 @@
   // ---------- service info ----------
 
   // The search service measures its similarity scale after it starts: until then (or when it cannot),
-  // /api/info has none, and a search asks again, at most once a minute.
+  // /api/info has none, and a search asks again, at most every 10 seconds.
   let similarityScaleKnown = false;
   let infoAskedAt = 0;
-  const INFO_RETRY_MS = 60_000;
+  const INFO_RETRY_MS = 10_000;
 
   async function loadInfo({ retry = false } = {}) {
     if (retry && Date.now() - infoAskedAt < INFO_RETRY_MS) return;

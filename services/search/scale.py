@@ -12,6 +12,9 @@ collection too. So the search service measures it, once after start-up, in the b
 3. record the similarity of the nearest other record of the same species, of the nearest record of
    another genus, and of pairs of sampled records of different genera (unrelated photos).
 
+It is measured when the service starts rather than when a collection is built or downloaded: the
+published collection is downloaded, not built here, and measuring what is served keeps the numbers
+true for whatever index, metadata and nprobe are in use, with no derived file to keep in step.
 Its cost is the sample's: a few hundred searches and rows, whatever the collection's size. The
 numbers are the index's own (decoded PQ codes for a PQ index), so they are on the scale the hits
 are. A fixed seed makes the same collection give the same numbers at every start.
