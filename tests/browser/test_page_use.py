@@ -160,18 +160,6 @@ def test_an_error_is_shown_as_the_server_wrote_it(page: Page, stack: Stack, tmp_
     expect(page.locator("#error")).to_have_text(re.compile(r"^photo\.jpg: "))
 
 
-def test_a_refused_export_says_so(page: Page, stack: Stack) -> None:
-    """Last in this module: it spends the gateway's per-minute search allowance."""
-    upload(page, photo(stack, 9))
-    with httpx.Client(base_url=stack.gateway.url, timeout=30) as client:
-        for _ in range(200):
-            if client.get("/api/search", params={"record": 0, "top_n": 1}).status_code == 429:
-                break
-    page.click("#export-csv")
-    expect(page.locator("#error")).to_contain_text("The export failed")
-    expect(page.locator("#error")).to_contain_text("Try again in")
-
-
 def _js_fixed(value: float) -> str:
     """JavaScript's toFixed(2): the exact binary value, a tie rounded up."""
     return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
@@ -258,3 +246,15 @@ def test_the_detail_shows_the_licence_the_metadata_holds_and_otherwise_where_it_
                 "gives its licence and rights holder."
             )
         page.keyboard.press("Escape")
+
+
+def test_a_refused_export_says_so(page: Page, stack: Stack) -> None:
+    """Last in this module: it spends the gateway's per-minute search allowance."""
+    upload(page, photo(stack, 9))
+    with httpx.Client(base_url=stack.gateway.url, timeout=30) as client:
+        for _ in range(200):
+            if client.get("/api/search", params={"record": 0, "top_n": 1}).status_code == 429:
+                break
+    page.click("#export-csv")
+    expect(page.locator("#error")).to_contain_text("The export failed")
+    expect(page.locator("#error")).to_contain_text("Try again in")
