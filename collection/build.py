@@ -5,9 +5,10 @@
 
 The manifest (CSV or Parquet) has one row per image: `url` (where the image is published) and/or
 `path` (a local copy to embed instead of downloading), plus any of the taxonomy and source columns
-of the metadata schema. Images are embedded by the embedder service, as the search will embed
-queries, so the index and the queries always share one model and one preprocessing; or the
-vectors come ready-made (`--embeddings`, a .npy of one row per manifest row).
+of the metadata schema, and the images' rights when known (`license`, `rights_holder`, `rights`, or
+their Darwin Core names: services/search/metadata.py RIGHTS_COLUMNS). Images are embedded by the
+embedder service, as the search will embed queries, so the index and the queries always share one
+model and one preprocessing; or the vectors come ready-made (`--embeddings`, a .npy of one row per manifest row).
 
 Embedding is the slow part and is resumable: vectors are saved in chunks under
 `OUT/.building/embedding/`, and running the same command again carries on from the last chunk.
@@ -47,6 +48,7 @@ from collection.sidecar import SidecarError, write_sidecar
 from services.common.vocabulary import FILTER_RANKS, RANKS
 from services.search.index import AUTO_HNSW_FROM_NLIST, hnsw_over_centroids
 from services.search.lookup import default_sidecar_path
+from services.search.metadata import RIGHTS_FIELDS, rights_columns
 from services.search.settings import INDEX_FILE, METADATA_FILE
 
 logger = logging.getLogger(__name__)
@@ -349,6 +351,10 @@ def metadata_table(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
     prefixes: dict[str, int] = {}
     columns: dict[str, list[Any]] = {name: [] for name in ("id", "uuid", *TEXT_COLUMNS)}
     columns |= {"url_prefix_id": [], "identifier_suffix": [], "has_url": [], "in_bioclip2_training": []}
+    # The images' rights, kept when the manifest names them (any of the metadata's accepted names), written
+    # under the record's field names.
+    rights = rights_columns({name for row in rows for name in row})
+    columns |= {field: [] for field in rights.values()}
     for record_id, row in enumerate(rows):
         columns["id"].append(record_id)
         columns["uuid"].append(str(row.get("uuid") or uuid.uuid4()))
@@ -368,6 +374,9 @@ def metadata_table(rows: list[dict[str, Any]]) -> tuple[pa.Table, pa.Table]:
             columns["identifier_suffix"].append(None)
         columns["has_url"].append(url is not None)
         columns["in_bioclip2_training"].append(bool(row.get("in_bioclip2_training") or False))
+        for column, field in rights.items():
+            value = row.get(column)
+            columns[field].append(None if value is None or value == "" else str(value))
     metadata = pa.table(columns)
     url_prefixes = pa.table(
         {"prefix_id": list(prefixes.values()), "prefix": list(prefixes.keys())},
@@ -397,10 +406,11 @@ def write_metadata(rows: list[dict[str, Any]], path: Path, *, sidecar: bool = Tr
         # Sorted by taxonomy: long runs compress well and scans by taxon touch few row groups. Lookups by
         # id do not depend on this order (the id index and the sidecar are addressed by id).
         order = ", ".join(f'"{name}"' for name in TAXONOMY_ORDER)
+        rights = "".join(f', "{name}"::VARCHAR AS "{name}"' for name in RIGHTS_FIELDS if name in metadata.column_names)
         con.execute(
             f"""CREATE TABLE metadata AS SELECT id::INTEGER AS id, uuid::UUID AS uuid, {text},
                 url_prefix_id::USMALLINT AS url_prefix_id, identifier_suffix::VARCHAR AS identifier_suffix,
-                has_url::BOOLEAN AS has_url, in_bioclip2_training::BOOLEAN AS in_bioclip2_training
+                has_url::BOOLEAN AS has_url, in_bioclip2_training::BOOLEAN AS in_bioclip2_training{rights}
             FROM metadata_in ORDER BY {order}, id"""
         )
         con.execute(

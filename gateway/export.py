@@ -20,7 +20,8 @@ Format = Literal["json", "csv"]
 
 HIT_COLUMNS = (
     "rank", "similarity", "record_id", "uuid", *RANKS, "scientific_name", "common_name", "source_dataset",
-    "source_id", "publisher", "img_type", "basis_of_record", "in_bioclip2_training", "image_url", "source_record_url",
+    "source_id", "publisher", "img_type", "basis_of_record", "in_bioclip2_training", "license", "rights_holder",
+    "rights", "image_url", "source_record_url",
 )  # fmt: skip
 # The same on every row, so that any row cut out of the file still says where it came from.
 PROVENANCE_COLUMNS = (

@@ -180,6 +180,13 @@ class RecordView(BaseModel):
     img_type: str | None = None
     basis_of_record: str | None = None
     in_bioclip2_training: bool | None = None
+    license: str | None = Field(
+        None,
+        description="The image's licence, when the collection's metadata has a licence column (dcterms:license); "
+        "null otherwise: the source's page for the record (`source_record_url`) says it.",
+    )
+    rights_holder: str | None = Field(None, description="Who holds the image's rights (dcterms:rightsHolder).")
+    rights: str | None = Field(None, description="A statement of the image's rights (dcterms:rights).")
     image_url: str | None = Field(None, description="The original image where it is published.")
     source_record_url: str | None = Field(None, description="The source's page for the record, when known.")
     thumbnail_url: str | None = Field(None, description="The gateway's thumbnail of the image, by record id.")

@@ -49,6 +49,9 @@ class Record:
     img_type: str | None = None
     basis_of_record: str | None = None
     in_bioclip2_training: bool | None = None
+    license: str | None = None
+    rights_holder: str | None = None
+    rights: str | None = None
     image_url: str | None = None
     source_record_url: str | None = None
     thumbnail_url: str | None = None

@@ -47,6 +47,7 @@
     exportJson: $("export-json"),
     copyLink: $("copy-link"),
     identityNote: $("identity-note"),
+    similarityScale: $("similarity-scale"),
     predictionBody: $("prediction-body"),
     consensusBody: $("consensus-body"),
     treeBody: $("tree-body"),
@@ -492,6 +493,7 @@
     renderConsensus(result);
     renderTree(result.tree);
     renderHits(result);
+    if (!similarityScaleKnown) loadInfo({ retry: true });
   }
 
   function queryLabel(result) {
@@ -678,7 +680,7 @@
     searchFrom.type = "button";
     searchFrom.id = "search-from";
     searchFrom.addEventListener("click", () => searchFromRecord(hit));
-    info.append(hitPosition(hit), taxonomyTable(taxonomy), sourceList(hit));
+    info.append(hitPosition(hit), taxonomyTable(taxonomy), sourceList(hit), rightsNote(hit));
     const links = linkList(hit);
     if (links) info.append(links);
     info.append(searchFrom);
@@ -726,6 +728,9 @@
       ["Source id", hit.source_id],
       ["In BioCLIP-2 training", training],
       ["Similarity", hit.similarity !== undefined ? formatSimilarity(hit.similarity) : null],
+      ["Licence", hit.license],
+      ["Rights holder", hit.rights_holder],
+      ["Rights", hit.rights],
     ];
     for (const [term, value] of rows) {
       if (value === null || value === undefined || value === "") continue;
@@ -734,11 +739,33 @@
     return dl;
   }
 
+  // Where the image's licence and rights are found. The collection's metadata may hold them (shown in the
+  // source list above); when it holds none for this record, the source's own page is where they are.
+  function rightsNote(hit) {
+    const known = [hit.license, hit.rights_holder, hit.rights].some((v) => typeof v === "string" && v);
+    const note = el("p", "rights-note");
+    note.id = "rights-note";
+    if (!safeHref(hit.source_record_url)) {
+      const source = hit.source_dataset ? `its source (${hit.source_dataset})` : "its source";
+      note.textContent = known
+        ? `Licence and rights as the collection's metadata gives them; ${source} is the authority on them.`
+        : `The collection's metadata holds no licence or rights for this image: ${source} gives them.`;
+      return note;
+    }
+    const link = el("a", null, "source record's page");
+    link.href = hit.source_record_url;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    if (known) note.append("Licence and rights as the collection's metadata gives them; the ", link, " is the authority on them.");
+    else note.append("The collection's metadata holds no licence or rights for this image: the ", link, " gives its licence and rights holder.");
+    return note;
+  }
+
   // Links open in a new tab; noopener keeps the external page from reaching back.
   function linkList(hit) {
     const items = [
       ["original image", hit.image_url],
-      ["source record (its page gives the image's licence and rights holder)", hit.source_record_url],
+      ["source record", hit.source_record_url],
     ].filter(([, href]) => safeHref(href));
     if (!items.length) return null;
     const list = el("ul", "links");
@@ -1220,7 +1247,15 @@
 
   // ---------- service info ----------
 
-  async function loadInfo() {
+  // The search service measures its similarity scale after it starts: until then (or when it cannot),
+  // /api/info has none, and a search asks again, at most every 10 seconds.
+  let similarityScaleKnown = false;
+  let infoAskedAt = 0;
+  const INFO_RETRY_MS = 10_000;
+
+  async function loadInfo({ retry = false } = {}) {
+    if (retry && Date.now() - infoAskedAt < INFO_RETRY_MS) return;
+    infoAskedAt = Date.now();
     try {
       const response = await fetch(`${API}/info`);
       if (!response.ok) throw new Error(String(response.status));
@@ -1230,9 +1265,29 @@
         els.notice.hidden = false;
       }
       els.footer.textContent = infoLine(info);
+      showSimilarityScale(info.index && info.index.similarity_scale);
     } catch {
-      els.footer.textContent = "Service info unavailable.";
+      if (!retry) els.footer.textContent = "Service info unavailable.";
     }
+  }
+
+  // What is high for this model and collection, as the search service measured it on its own records;
+  // nothing at all when it has not (no taxonomy, too few records): no number is made up here.
+  function showSimilarityScale(scale) {
+    const same = scale && scale.same_species;
+    const unrelated = scale && scale.other_genera;
+    const number = (v) => typeof v === "number" && Number.isFinite(v);
+    if (!same || !unrelated || !number(same.p25) || !number(unrelated.median) || !number(scale.samples)) {
+      els.similarityScale.hidden = true;
+      els.similarityScale.textContent = "";
+      return;
+    }
+    similarityScaleKnown = true;
+    els.similarityScale.textContent =
+      ` For this model and collection, the nearest other photo of the same species typically scores above ` +
+      `${same.p25.toFixed(2)} (3 in 4 do; median ${same.median.toFixed(2)}); photos of other genera score ` +
+      `around ${unrelated.median.toFixed(2)}. Measured on ${plural(scale.samples, "record")} of the collection.`;
+    els.similarityScale.hidden = false;
   }
 
   function infoLine(info) {

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -17,6 +18,7 @@ from services.search.index import VectorIndex
 from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
 from services.search.routes import records, search, stats, taxa
+from services.search.scale import ScaleUnavailable, measure_scale
 from services.search.settings import SearchSettings
 from services.search.taxa import TaxonIndex
 
@@ -59,6 +61,22 @@ async def load_taxa(app: FastAPI) -> None:
         app.state.taxa_error = "the taxon names could not be loaded (see the search service's log)"
 
 
+async def load_scale(app: FastAPI, settings: SearchSettings) -> None:
+    """Measure what a similarity means for this collection (services/search/scale.py); /v1/stats says it once
+    measured, and says nothing while it is measured or when it cannot be."""
+    engine: SearchEngine = app.state.engine
+    try:
+        measure = partial(
+            measure_scale, engine.index, engine.lookup, samples=settings.similarity_scale_samples,
+            nprobe=settings.default_nprobe, ef_search=settings.default_ef_search,
+        )  # fmt: skip
+        app.state.similarity_scale = await app.state.pool.run(measure)
+    except ScaleUnavailable as exc:
+        logger.info("the similarity scale is not measured: %s", exc)
+    except Exception:  # the service still searches; the scale is informational
+        logger.exception("could not measure the similarity scale")
+
+
 def create_app(settings: SearchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +86,12 @@ def create_app(settings: SearchSettings) -> FastAPI:
         # The taxon names (seconds at a million species) load after the service is ready: searches need
         # them not, and /v1/taxa answers 503 not_ready until they are in.
         names = asyncio.create_task(load_taxa(app))
+        background = [names]
+        if settings.similarity_scale_samples:
+            background.append(asyncio.create_task(load_scale(app, settings)))
         yield
         app.state.ready = False
-        await names  # a thread can't be stopped: let it finish with DuckDB before DuckDB is closed
+        await asyncio.gather(*background)  # a thread can't be stopped: let it finish before DuckDB is closed
         app.state.engine.lookup.store.close()
 
     app = create_service_app(
@@ -83,6 +104,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
         errors=ERROR_STATUS,
     )
     app.state.settings = settings
+    app.state.similarity_scale = None
     app.include_router(search.router)
     app.include_router(records.router)
     app.include_router(stats.router)

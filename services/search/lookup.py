@@ -208,7 +208,11 @@ class SidecarLookup:
         if not wanted:
             return {}
         if self.sidecar.has_records:
-            return {record_id: complete_row(row) for record_id, row in self.sidecar.records(wanted).items()}
+            found = self.sidecar.records(wanted)
+            # The sidecar holds no rights columns: a file that has them is asked for those alone, by id.
+            for record_id, rights in self.store.rights(list(found)).items():
+                found[record_id] |= rights
+            return {record_id: complete_row(row) for record_id, row in found.items()}
         found: dict[int, Row] = {}
         for row in self.store.query(wanted, narrow=True):
             taxonomy = self.sidecar.taxonomy(row["id"])

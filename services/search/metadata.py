@@ -34,6 +34,29 @@ COLUMNS: dict[str, str] = {
     "has_url": "has_url",
     "in_bioclip2_training": "in_bioclip2_training",
 }
+# The image's rights, when the metadata holds them (the published TreeOfLife file does not). Record field ->
+# the column names taken for it, compared without case, the first present wins: Dublin Core's terms as Darwin
+# Core, GBIF's multimedia extension and Audubon Core use them (dcterms:license, dcterms:rightsHolder,
+# dcterms:rights; https://dwc.tdwg.org/terms/), with or without their namespace, and in snake_case.
+RIGHTS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "license": ("license", "licence", "dcterms:license", "dc:license"),
+    "rights_holder": ("rights_holder", "rightsHolder", "dcterms:rightsHolder", "dc:rightsHolder"),
+    "rights": ("rights", "dcterms:rights", "dc:rights"),
+}
+RIGHTS_FIELDS = tuple(RIGHTS_COLUMNS)
+
+
+def rights_columns(present: Iterable[str]) -> dict[str, str]:
+    """Column -> record field for the rights columns among `present` (RIGHTS_COLUMNS' names, any case)."""
+    by_lower = {name.lower(): name for name in present}
+    found: dict[str, str] = {}
+    for field, names in RIGHTS_COLUMNS.items():
+        column = next((by_lower[name.lower()] for name in names if name.lower() in by_lower), None)
+        if column is not None and column not in found:
+            found[column] = field
+    return found
+
+
 # Columns the sidecar answers, so the sidecar path does not fetch them from DuckDB.
 SIDECAR_COLUMNS = {*FILTER_RANKS, "has_url", "in_bioclip2_training"}
 # Ids per `IN (...)`: DuckDB plans an index scan only up to `index_scan_max_count` (2048) rows.
@@ -70,6 +93,10 @@ class MetadataStore:
         if "id" not in present:
             raise MetadataOpenError(f"{path}: the metadata table has no `id` column")
         self._columns = {column: field for column, field in COLUMNS.items() if column in present}
+        # The rights columns this file has (none in the published one): the sidecar does not hold them, so the
+        # sidecar lookup asks DuckDB for them, for the hits only (`rights`).
+        self.rights_columns = rights_columns(present)
+        self._columns |= self.rights_columns
         self._prefixes: dict[int, str] = {}
         if {"url_prefix_id", "identifier_suffix"} <= present and "url_prefixes" in tables:
             self.url_layout: UrlLayout = "url_prefixes"
@@ -107,6 +134,26 @@ class MetadataStore:
         finally:
             cursor.close()
         return rows
+
+    def rights(self, ids: list[int]) -> dict[int, Row]:
+        """The rights fields (RIGHTS_FIELDS) of the given ids, for the rows the sidecar gives without them;
+        empty when the file has no rights column. One `id IN (...)` per IN_CHUNK ids, as `query`."""
+        if not self.rights_columns or not ids:
+            return {}
+        select = ", ".join(f'"{column}"::VARCHAR' for column in self.rights_columns)
+        names = list(self.rights_columns.values())
+        found: dict[int, Row] = {}
+        cursor = self._conn.cursor()
+        try:
+            for start in range(0, len(ids), IN_CHUNK):
+                chunk = sorted(ids[start : start + IN_CHUNK])
+                placeholders = ", ".join("?" for _ in chunk)
+                result = cursor.execute(f"SELECT id, {select} FROM metadata WHERE id IN ({placeholders})", chunk)
+                for record_id, *values in result.fetchall():
+                    found[int(record_id)] = dict(zip(names, values, strict=True))
+        finally:
+            cursor.close()
+        return found
 
     def taxon_counts(self) -> dict[str, list[tuple[str | None, int]]]:
         """Each filter rank's distinct names with their record counts, grouped by DuckDB; a species is named
@@ -164,7 +211,8 @@ class MetadataStore:
             row["url"] = None
         if "has_url" not in row:
             row["has_url"] = row["url"] is not None
-        for name in ("uuid", "source_id", *FILTER_RANKS, "source_dataset", "publisher", "img_type", "basis_of_record"):
+        texts = ("uuid", "source_id", *FILTER_RANKS, "source_dataset", "publisher", "img_type", "basis_of_record")
+        for name in (*texts, *RIGHTS_FIELDS):
             # ENUM and UUID columns come back as str already; other types (an integer source_id) are made str.
             if row.get(name) is not None and not isinstance(row[name], str):
                 row[name] = str(row[name])
@@ -173,7 +221,7 @@ class MetadataStore:
 
 def complete_row(row: Row) -> Row:
     """Every record field present (a column the database lacks reads as unknown), and the scientific name."""
-    for name in COLUMNS.values():
+    for name in (*COLUMNS.values(), *RIGHTS_FIELDS):
         row.setdefault(name, None)
     row["scientific_name"] = scientific_name(row.get("genus"), row.get("species"))
     return row

@@ -75,6 +75,14 @@ class SearchSettings(ServiceSettings):
     overfetch: float = Field(
         4.0, ge=1.0, le=100.0, description="A filtered search first asks for this many times top_n neighbours."
     )
+    similarity_scale_samples: int = Field(
+        256,
+        ge=0,
+        le=10_000,
+        description="Stored records searched from after start-up to measure what a similarity means for this "
+        "model and collection (GET /v1/stats `similarity_scale`; a few hundred searches, whatever the size); "
+        "0: not measured.",
+    )
     max_request_bytes: int = Field(5_000_000, ge=1, description="Largest request body, in bytes.")
     duckdb_threads: int = Field(2, ge=1, description="DuckDB worker threads.")
     duckdb_memory_limit: str | None = Field(

@@ -1,5 +1,5 @@
-"""Retake docs/images/page.png and page-phone.png: the page with hits, in Chromium, at desktop and
-phone width (390 px), against a stack started here.
+"""Retake docs/images/page.png, page-phone.png and page-detail.png: the page with hits, in Chromium, at desktop
+and phone width (390 px), and a hit's detail, against a stack started here.
 
     .venv/bin/python -m tests.browser.screenshot [--out docs/images/page.png] [--phone-out ...]
 
@@ -18,12 +18,13 @@ import logging
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 from stack.demo_collection import SPECIES, draw_specimen
 from stack.tiny_model import write_tiny_model
@@ -52,7 +53,32 @@ DESKTOP = {"width": 1200, "height": 1400}
 PHONE = {"width": 390, "height": 844}
 
 
-def take(url: str, photos: list[Path], out: Path, viewport: dict[str, int] = DESKTOP) -> None:
+def measured(url: str, seconds: float = 60) -> None:
+    """Wait until the search service has measured its similarity scale, so the page states it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        index = httpx.get(url + "/api/info", timeout=10).json()["index"]
+        if index and index.get("similarity_scale"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the search service did not measure its similarity scale")
+
+
+def open_licensed_hit(page: Page) -> None:
+    """Open the detail of the first hit whose record carries a licence (the demo gives half of them one)."""
+    cards = page.locator("#results .hit")
+    for position in range(cards.count()):
+        cards.nth(position).click()
+        page.wait_for_selector("#detail[open]")
+        if "Licence" in page.locator("#detail dl.source").inner_text():
+            page.wait_for_function("() => [...document.querySelectorAll('#detail img')].every(i => i.complete)")
+            return
+        page.keyboard.press("Escape")
+    raise RuntimeError("no hit carries a licence")
+
+
+def take(url: str, photos: list[Path], out: Path, viewport: dict[str, int] = DESKTOP, *, detail: bool = False) -> None:
+    measured(url)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(base_url=url, viewport=viewport)  # type: ignore[arg-type]
@@ -67,6 +93,9 @@ def take(url: str, photos: list[Path], out: Path, viewport: dict[str, int] = DES
         )
         page.evaluate("() => document.activeElement && document.activeElement.blur()")
         page.wait_for_function("() => !document.getElementById('results').hasAttribute('aria-busy')")
+        page.wait_for_selector("#similarity-scale:not([hidden])")
+        if detail:
+            open_licensed_hit(page)
         png = page.screenshot()
         browser.close()
     # A 256-colour palette keeps the picture sharp and the file small.
@@ -80,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "page.png")
     parser.add_argument("--phone-out", type=Path, default=ROOT / "docs" / "images" / "page-phone.png")
+    parser.add_argument("--detail-out", type=Path, default=ROOT / "docs" / "images" / "page-detail.png")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="page-screenshot-") as temp:
@@ -100,6 +130,7 @@ def main() -> None:
         with running_stack(work / "second", model) as stack:
             take(stack.gateway.url, photos, args.out)
             take(stack.gateway.url, photos, args.phone_out, PHONE)
+            take(stack.gateway.url, photos, args.detail_out, detail=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ the collection, the caps, examples, errors as the server wrote them, and a refus
 from __future__ import annotations
 
 import re
+import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -156,6 +158,94 @@ def test_an_error_is_shown_as_the_server_wrote_it(page: Page, stack: Stack, tmp_
     broken.write_bytes(b"not a photo at all")
     search_by(page, lambda: page.set_input_files("#file-input", str(broken)))
     expect(page.locator("#error")).to_have_text(re.compile(r"^photo\.jpg: "))
+
+
+def _js_fixed(value: float) -> str:
+    """JavaScript's toFixed(2): the exact binary value, a tie rounded up."""
+    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def _measured_scale(stack: Stack, seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        scale = httpx.get(stack.search.url + "/v1/stats", timeout=10).json()["similarity_scale"]
+        if scale is not None:
+            return scale
+        time.sleep(0.2)
+    raise AssertionError("the search service did not measure its similarity scale")
+
+
+def test_the_similarity_note_states_once_what_is_high_for_this_model_and_collection(page: Page, stack: Stack) -> None:
+    scale = _measured_scale(stack)
+    upload(page, photo(stack, published(stack)))
+    note = page.locator("#similarity-scale")
+    expect(note).to_be_visible()
+    same, unrelated = scale["same_species"], scale["other_genera"]
+    expect(note).to_have_text(
+        f"For this model and collection, the nearest other photo of the same species typically scores above "
+        f"{_js_fixed(same['p25'])} (3 in 4 do; median {_js_fixed(same['median'])}); photos of other genera score "
+        f"around {_js_fixed(unrelated['median'])}. Measured on {scale['samples']} records of the collection.",
+        use_inner_text=True,
+    )
+    assert scale["samples"] == len(stack.rows)  # the demo is smaller than the sample: every record
+    # Once on the page, near the hits: not per card, and still once after another search.
+    page.fill("#text-input", "tiger")
+    search_by(page, lambda: page.press("#text-input", "Enter"))
+    assert page.get_by_text("For this model and collection").count() == 1
+    assert page.locator("#similarity-note").evaluate("n => n.nextElementSibling.className") == "result-layout"
+
+
+def test_without_a_measured_scale_the_page_states_no_number(page: Page, stack: Stack) -> None:
+    """The search service told not to measure (as when its collection has no taxonomy): the general note only."""
+    stack.search.stop()
+    stack.search.env["SEARCH_SIMILARITY_SCALE_SAMPLES"] = "0"
+    try:
+        stack.search.start()
+        stack.search.wait_ready()
+        assert httpx.get(stack.gateway.url + "/api/info", timeout=10).json()["index"]["similarity_scale"] is None
+        upload(page, photo(stack, published(stack)))
+        expect(page.locator("#similarity-note")).to_contain_text("cosine of the angle")
+        expect(page.locator("#similarity-scale")).to_be_hidden()
+        assert page.get_by_text("For this model and collection").count() == 0
+    finally:
+        stack.search.stop()
+        del stack.search.env["SEARCH_SIMILARITY_SCALE_SAMPLES"]
+        stack.search.start()
+        stack.search.wait_ready()
+
+
+def test_the_detail_shows_the_licence_the_metadata_holds_and_otherwise_where_it_is(page: Page, stack: Stack) -> None:
+    def pick(licensed: bool) -> int:
+        return next(
+            i for i, row in enumerate(stack.rows)
+            if row["url"] and row["source_dataset"] == "gbif" and bool(row["license"]) == licensed
+        )  # fmt: skip
+
+    for record, licensed in ((pick(True), True), (pick(False), False)):
+        page.goto(f"/?record={record}")
+        settled(page)
+        page.locator(f'#results .hit[data-record-id="{record}"]').click()
+        detail = page.locator("#detail")
+        expect(detail).to_be_visible()
+        occurrence = f"https://www.gbif.org/occurrence/{stack.rows[record]['source_id']}"
+        link = page.locator("#rights-note a")
+        expect(link).to_have_attribute("href", occurrence)
+        terms = detail.locator("dl.source dt").all_inner_texts()
+        if licensed:
+            expect(detail.locator("dl.source")).to_contain_text("Licence" + "CC0-1.0")
+            expect(detail.locator("dl.source")).to_contain_text("Rights holder" + stack.rows[record]["rights_holder"])
+            expect(page.locator("#rights-note")).to_have_text(
+                "Licence and rights as the collection's metadata gives them; the source record's page is the "
+                "authority on them."
+            )
+            assert axe_violations(page) == []
+        else:
+            assert "Licence" not in terms and "Rights holder" not in terms
+            expect(page.locator("#rights-note")).to_have_text(
+                "The collection's metadata holds no licence or rights for this image: the source record's page "
+                "gives its licence and rights holder."
+            )
+        page.keyboard.press("Escape")
 
 
 def test_a_refused_export_says_so(page: Page, stack: Stack) -> None:

@@ -96,6 +96,7 @@ def test_stats_describe_index_and_metadata(client: TestClient) -> None:
         "index_type": "IndexFlatIP", "vectors": 200, "dim": 16, "nlist": None, "default_nprobe": None,
         "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes", "coarse_quantizer": None,
         "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000, "max_nprobe": None, "collection": None,
+        "similarity_scale": None,  # every record its own species: nothing to measure
     }  # fmt: skip
 
 

@@ -52,6 +52,13 @@ class Record(Taxonomy):
     url: str | None = Field(None, description="Where the image is published, or null.")
     has_url: bool = False
     in_bioclip2_training: bool | None = None
+    license: str | None = Field(
+        None,
+        description="The image's licence (dcterms:license: a URI or a name such as CC-BY-4.0), when the metadata "
+        "has such a column; else null, and the source's page for the record says it.",
+    )
+    rights_holder: str | None = Field(None, description="Who holds the image's rights (dcterms:rightsHolder).")
+    rights: str | None = Field(None, description="A statement of the image's rights (dcterms:rights).")
 
     @computed_field(description="Genus and epithet together, when both are known.")  # type: ignore[prop-decorator]
     @property
@@ -127,6 +134,33 @@ class CollectionPin(BaseModel):
     commit: str = Field(description="The commit the files are from (40 hex digits).")
 
 
+class Spread(BaseModel):
+    """How a set of similarities is spread: how many, and their quantiles (linear interpolation)."""
+
+    count: int = Field(ge=0, description="Similarities measured.")
+    p10: float
+    p25: float
+    median: float
+    p75: float
+    p90: float
+
+
+class SimilarityScale(BaseModel):
+    """What a similarity means for the model and collection served, measured by the search service on its own
+    stored records (services/search/scale.py): a record is searched from its stored vector, as *Search from this*
+    does, and its neighbours' rows say whether they are of its species."""
+
+    samples: int = Field(description="Stored records searched from (each with a known genus and species).")
+    neighbours: int = Field(description="Nearest neighbours examined per record (itself left out).")
+    nprobe: int | None = Field(description="IVF lists visited per search; null without lists.")
+    encoding: str = Field(description="The FAISS class the stored vectors were decoded from (approximate for PQ).")
+    same_species: Spread = Field(
+        description="The nearest other record of the same species, among those found within `neighbours`."
+    )
+    nearest_other_genus: Spread = Field(description="The nearest record of another genus.")
+    other_genera: Spread = Field(description="Pairs of sampled records of different genera: unrelated photos.")
+
+
 class SearchStats(BaseModel):
     index_type: str
     vectors: int
@@ -147,6 +181,11 @@ class SearchStats(BaseModel):
     max_nprobe: int | None = Field(None, description="Most IVF lists one query may visit (the fill bound).")
     collection: CollectionPin | None = Field(
         None, description="The hub repo and commit of a downloaded collection (`make data`); null for others."
+    )
+    similarity_scale: SimilarityScale | None = Field(
+        None,
+        description="What similarities mean for this model and collection, measured on its own records after "
+        "start-up; null while being measured, or when it cannot be (no taxonomy, too few records, turned off).",
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from services.common.schemas.search import SearchStats
 from services.search.dependencies import EngineDep, SettingsDep
@@ -12,7 +12,7 @@ router = APIRouter(tags=["search"])
 
 
 @router.get("/v1/stats", response_model=SearchStats)
-async def stats(engine: EngineDep, settings: SettingsDep) -> SearchStats:
+async def stats(engine: EngineDep, settings: SettingsDep, request: Request) -> SearchStats:
     """What the index and the metadata hold, and the bounds of a search."""
     index = engine.index
     return SearchStats(
@@ -30,4 +30,5 @@ async def stats(engine: EngineDep, settings: SettingsDep) -> SearchStats:
         max_candidates=engine.limits.max_candidates,
         max_nprobe=None if index.nlist is None else min(engine.limits.max_nprobe, index.nlist),
         collection=collection_pin(settings),
+        similarity_scale=request.app.state.similarity_scale,
     )
