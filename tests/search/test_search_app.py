@@ -93,9 +93,10 @@ def test_record_by_id_and_unknown_record(client: TestClient) -> None:
 def test_stats_describe_index_and_metadata(client: TestClient) -> None:
     stats = client.get("/v1/stats").json()
     assert stats == {
-        "index_type": "IndexFlatIP", "vectors": 200, "dim": 16, "nlist": None, "default_nprobe": None,
-        "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes", "coarse_quantizer": None,
-        "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000, "max_nprobe": None, "collection": None,
+        "backend": "faiss", "index_type": "IndexFlatIP", "vectors": 200, "dim": 16, "nlist": None,
+        "default_nprobe": None, "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes",
+        "coarse_quantizer": None, "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000,
+        "max_nprobe": None, "collection": None,
     }  # fmt: skip
 
 
