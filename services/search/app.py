@@ -28,14 +28,14 @@ logger = logging.getLogger(__name__)
 ERROR_STATUS: StatusTable = {NoDirectMap: Status(501, note="SEARCH_DIRECT_MAP=off")}
 
 
-def open_index(settings: SearchSettings) -> NearestIndex:
+def open_index(settings: SearchSettings, metadata: MetadataStore) -> NearestIndex:
     """The one choice of what finds the nearest vectors (SEARCH_BACKEND), made here and never again."""
     if settings.backend == "milvus":
         from services.search.milvus import MilvusIndex
 
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
         return MilvusIndex.open(
-            settings.resolved_milvus_uri, settings.milvus_collection, metadata=settings.resolved_metadata_path,
+            settings.resolved_milvus_uri, settings.milvus_collection, metadata=metadata.path, rows=metadata.rows,
             token=token, timeout=settings.milvus_timeout_s,
         )  # fmt: skip
     index = VectorIndex.open(settings.resolved_index_path, mmap=settings.mmap, direct_map=settings.direct_map)
@@ -49,15 +49,15 @@ def open_index(settings: SearchSettings) -> NearestIndex:
 
 
 def open_engine(settings: SearchSettings) -> SearchEngine:
-    index = open_index(settings)
+    metadata = MetadataStore(
+        settings.resolved_metadata_path, threads=settings.duckdb_threads, memory_limit=settings.duckdb_memory_limit
+    )
     try:
-        metadata = MetadataStore(
-            settings.resolved_metadata_path, threads=settings.duckdb_threads, memory_limit=settings.duckdb_memory_limit
-        )
+        index = open_index(settings, metadata)
         # The one choice of how candidates are judged, made here and never again.
         lookup = open_lookup(metadata, sidecar=settings.sidecar_path, use_sidecar=settings.use_sidecar)
     except BaseException:
-        index.close()
+        metadata.close()
         raise
     logger.info("candidates judged by %s", lookup.name)
     return SearchEngine(index, lookup, settings.limits())

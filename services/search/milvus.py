@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 1
 SERVICE = "milvus"  # the dependency's name in error responses
+INFO_PROPERTY = "bioclip_search.info"
 ID_FIELD = "id"
 VECTOR_FIELD = "vector"
 BINOMIAL_FIELD = "taxon_binomial"
@@ -86,11 +87,12 @@ def filter_expression(criteria: Criteria) -> str:
 
 @dataclass(frozen=True)
 class CollectionInfo:
-    """What a loaded collection says of itself, as JSON in the Milvus collection's description."""
+    """What a loaded collection says of itself: JSON in a collection property (INFO_PROPERTY) and its description."""
 
     source: str  # the encoding the vectors came from: a FAISS class, or `vectors` (the builder's own)
     exact: bool  # False: the vectors are decoded approximations (PQ reconstructions), not the originals
     metadata: dict[str, Any] = field(default_factory=dict)  # the metadata file's name and size
+    index_params: dict[str, Any] = field(default_factory=dict)  # as created (not every Milvus describes them back)
     format: int = FORMAT
 
     def to_json(self) -> str:
@@ -102,7 +104,10 @@ class CollectionInfo:
             found = json.loads(text or "{}")
             if found.get("format") != FORMAT:
                 raise ValueError(f"format {found.get('format')}, expected {FORMAT}")
-            return cls(source=str(found["source"]), exact=bool(found["exact"]), metadata=dict(found["metadata"]))
+            return cls(
+                source=str(found["source"]), exact=bool(found["exact"]), metadata=dict(found["metadata"]),
+                index_params=dict(found.get("index_params") or {}),
+            )  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             raise MilvusOpenError(
                 f"the Milvus collection was not loaded by `python -m collection milvus-load` ({exc})"
@@ -153,7 +158,7 @@ class MilvusIndex:
             raise MilvusOpenError(f"the Milvus collection {collection!r} has no `{VECTOR_FIELD}` field")
         self._dim = int(vector["params"]["dim"])
         index = client.describe_index(collection, VECTOR_FIELD) or {}
-        params = {**index, **(index.get("params") or {})}
+        params = {**info.index_params, **index, **(index.get("params") or {})}
         self.index_type = str(params.get("index_type", "AUTOINDEX")).upper()
         self._metric = str(params.get("metric_type", "IP")).upper()
         self._nlist = int(params["nlist"]) if self.index_type in IVF_TYPES and "nlist" in params else None
@@ -166,6 +171,7 @@ class MilvusIndex:
         collection: str,
         *,
         metadata: Path | None = None,
+        rows: int | None = None,
         token: str | None = None,
         timeout: float | None = None,
     ) -> MilvusIndex:
@@ -180,8 +186,12 @@ class MilvusIndex:
                 raise MilvusOpenError(
                     f"no Milvus collection {collection!r} at {uri}; load one with `python -m collection milvus-load`"
                 )
-            info = CollectionInfo.from_json(client.describe_collection(collection).get("description", ""))
-            if metadata is not None and info.metadata.get("size") != metadata.stat().st_size:
+            described = client.describe_collection(collection)
+            info = CollectionInfo.from_json(
+                (described.get("properties") or {}).get(INFO_PROPERTY) or described.get("description", "")
+            )
+            source = {"size": metadata.stat().st_size, "rows": rows} if metadata is not None else None
+            if source is not None and {k: info.metadata.get(k) for k in source} != source:
                 raise MilvusOpenError(
                     f"the Milvus collection {collection!r} was loaded from another metadata file than {metadata}; "
                     "load it again"
