@@ -210,6 +210,7 @@ def load_collection(
         raise LoadError("give the vectors or the FAISS index file to load them from")
     info = CollectionInfo(
         source=source, exact=exact, index_params={"index_type": index_type, "metric_type": "IP", **params},
+        metadata={"name": metadata.name, "size": metadata.stat().st_size, "rows": side.rows},
     )  # fmt: skip
     client = connect(uri, token=token)
     timings: dict[str, float] = {}
