@@ -55,7 +55,8 @@ def _rss_mb() -> dict[str, float]:
 
 
 def _recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:TOP_N]) & set(t[:TOP_N].tolist())) / TOP_N for f, t in zip(found, truth)]))
+    hits = [len(set(f[:TOP_N]) & set(t[:TOP_N].tolist())) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / TOP_N
 
 
 def _latencies(engine: SearchEngine, queries: np.ndarray, scope: str, nprobe: int) -> tuple[dict[str, float], list]:
