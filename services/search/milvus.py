@@ -119,10 +119,15 @@ def connect(uri: str, *, token: str | None = None, timeout: float | None = None)
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    options: dict[str, Any] = {}
     if is_lite(uri):
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        # pymilvus pings an idle channel every 10 s; milvus-lite's gRPC server keeps gRPC's default policy (a
+        # ping at most every 5 min without calls) and ends such a channel with GOAWAY "too_many_pings". In-process
+        # over loopback there is nothing to keep alive: no pings.
+        options["grpc_options"] = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
     try:
-        return MilvusClient(uri=uri, token=token or "", timeout=timeout)
+        return MilvusClient(uri=uri, token=token or "", timeout=timeout, **options)
     except MilvusException as exc:
         raise MilvusOpenError(f"could not reach Milvus at {uri}: {exc}") from exc
 

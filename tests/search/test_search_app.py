@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.search.app import create_app
+from services.search.milvus import connect
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from tests.search.conftest import Collection, MilvusLite, rows_for, unit_vectors, write_collection
 
@@ -208,15 +209,15 @@ def test_a_milvus_collection_of_another_metadata_file_is_refused(tmp_path: Path,
 
 
 def test_a_milvus_that_went_away_is_a_503_naming_it(collection: Collection, milvus: MilvusLite) -> None:
-    from pymilvus import MilvusClient
-
-    with TestClient(create_app(collection.settings(**milvus.settings(collection)))) as client:
-        name = client.get("/v1/stats").json()["index_type"] and client.app.state.settings.milvus_collection
-        MilvusClient(milvus.uri).release_collection(name)
+    settings = collection.settings(**milvus.settings(collection))
+    operator = connect(milvus.uri)
+    with TestClient(create_app(settings)) as client:
+        operator.release_collection(settings.milvus_collection)
         try:
             response = client.post("/v1/search", json={"vectors": [collection.vectors[0].tolist()], "top_n": 3})
         finally:
-            MilvusClient(milvus.uri).load_collection(name)
+            operator.load_collection(settings.milvus_collection)
+            operator.close()
     assert response.status_code in (502, 503), response.text
     assert response.json()["error"]["code"].startswith("upstream")
     assert "Milvus" in response.json()["error"]["message"]
