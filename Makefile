@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 
-.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load bench-reliability bench-footprint check-precision clean
+.PHONY: help install data run collection sidecar test lint format docs bench bench-embedder bench-search bench-scale bench-fetcher bench-load bench-reliability bench-footprint bench-milvus check-precision clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -10,8 +10,9 @@ help: ## List the targets
 install: ## Create .venv and install everything (skipped when up to date)
 	@scripts/install.sh
 
-data: install ## Download the real collection, labels and model into ./data, verified and resumable (~22 GB)
+data: install ## Download the real collection, labels and model into ./data (~22 GB); MILVUS=uri also loads it into Milvus
 	$(PY) -m collection download $(ARGS)
+	$(if $(MILVUS),$(PY) -m collection milvus-load --data data --uri "$(MILVUS)")
 
 run: install ## Start the four services locally (the offline demo when no collection is configured)
 	$(PY) -m stack
@@ -66,6 +67,9 @@ bench-reliability: install ## Gateway memory under 20 concurrent slow 19 MB uplo
 
 bench-footprint: install ## The embedder's memory with ViT-L-14 (random weights) at ready and under a batch: sizes its containers
 	$(PY) -m bench.footprint
+
+bench-milvus: install ## FAISS IVF-PQ against milvus-lite on one synthetic collection: make bench-milvus VECTORS=30000
+	nice -n 10 $(PY) -m bench.milvus --vectors $(or $(VECTORS),30000) $(if $(INDEX),--index-type $(INDEX))
 
 bench-load: install ## The demo stack under 16 page users for 60 s (locust, through nginx when installed)
 	$(PY) -m bench.load

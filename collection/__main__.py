@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from collection import build, download, sidecar
+from collection import build, download, milvus_load, sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -13,6 +13,7 @@ COMMANDS = {
     "build": build,
     "sidecar": sidecar,
     "download": download,
+    "milvus-load": milvus_load,
 }
 
 

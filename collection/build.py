@@ -49,7 +49,7 @@ from services.common.vocabulary import FILTER_RANKS, RANKS
 from services.search.index import AUTO_HNSW_FROM_NLIST, hnsw_over_centroids
 from services.search.lookup import default_sidecar_path
 from services.search.metadata import RIGHTS_FIELDS, rights_columns
-from services.search.settings import INDEX_FILE, METADATA_FILE
+from services.search.settings import INDEX_FILE, METADATA_FILE, MILVUS_COLLECTION
 
 logger = logging.getLogger(__name__)
 
@@ -435,8 +435,11 @@ def build_collection(
     embeddings: Path | None = None,
     chunk_rows: int = CHUNK_ROWS,
     restart: bool = False,
+    milvus: str | None = None,
+    milvus_collection: str = MILVUS_COLLECTION,
 ) -> dict[str, Any]:
-    """Build in OUT/.building and move the files into place only when all are written."""
+    """Build in OUT/.building and move the files into place only when all are written; with `milvus` (a Milvus
+    URI), load the collection into it too, from the exact vectors (collection/milvus_load.py)."""
     started = time.perf_counter()
     rows = read_manifest(manifest, needs_images=embeddings is None)
     staging = out / ".building"
@@ -465,6 +468,13 @@ def build_collection(
         if target.is_dir():
             shutil.rmtree(target)
         (staging / relative).replace(target)
+    loaded = None
+    if milvus is not None:
+        from collection.milvus_load import load_collection
+
+        loaded = load_collection(
+            metadata=out / METADATA_FILE, uri=milvus, collection=milvus_collection, vectors=embedded.vectors
+        )
     del embedded.vectors  # the memory map of work/vectors.npy, before its folder goes
     shutil.rmtree(staging, ignore_errors=True)
     for index, reason in embedded.skipped:
@@ -476,6 +486,7 @@ def build_collection(
         "index": factory,
         "seconds": round(time.perf_counter() - started, 1),
         "out": str(out),
+        "milvus": loaded,
     }
 
 
@@ -490,6 +501,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per embedder request")
     parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="manifest rows per saved (resumable) chunk")
     parser.add_argument("--restart", action="store_true", help="discard embeddings saved by an earlier run")
+    parser.add_argument("--milvus", help="also load into Milvus: a server URL or a milvus-lite .db path")
+    parser.add_argument("--milvus-collection", default=MILVUS_COLLECTION, help="the Milvus collection's name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -498,9 +511,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = build_collection(
             args.manifest, embedder=args.embedder, out=args.out, index_kind=args.index, batch_size=args.batch_size,
-            embeddings=args.embeddings, chunk_rows=args.chunk_rows, restart=args.restart,
+            embeddings=args.embeddings, chunk_rows=args.chunk_rows, restart=args.restart, milvus=args.milvus,
+            milvus_collection=args.milvus_collection,
         )  # fmt: skip
-    except (BuildError, SidecarError, duckdb.Error, OSError) as exc:
+    except (BuildError, SidecarError, duckdb.Error, OSError, RuntimeError) as exc:
         print(f"build failed: {exc}", file=sys.stderr)
         return 1
     print(

@@ -322,7 +322,30 @@ def required_distributions(requirement_file: Path) -> set[str]:
 
 
 def test_compose_defines_the_services_the_local_runner_starts_the_proxy_and_the_one_shot_data_service() -> None:
-    assert set(load_compose()["services"]) == {*SERVICES, "proxy", "data"}
+    default = {name for name, service in load_compose()["services"].items() if not service.get("profiles")}
+    assert default == {*SERVICES, "proxy", "data"}
+
+
+def test_the_milvus_profile_runs_milvus_standalone_from_its_official_images_and_loads_it() -> None:
+    services = load_compose()["services"]
+    profiled = {name for name, service in services.items() if "milvus" in service.get("profiles", [])}
+    assert profiled == {"milvus", "milvus-etcd", "milvus-minio", "milvus-load"}
+    assert services["milvus"]["image"].startswith("milvusdb/milvus:v2.")
+    assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
+    assert services["milvus-etcd"]["image"].startswith("quay.io/coreos/etcd:v3.5.")
+    assert services["milvus-minio"]["image"].startswith("minio/minio:RELEASE.")
+    assert "ports" not in services["milvus"], "Milvus is reached on the project's network only"
+    load = services["milvus-load"]["command"]
+    assert load[:4] == ["python", "-m", "collection", "milvus-load"] and load[3] in COLLECTION_COMMANDS
+    assert load[load.index("--uri") + 1] == "http://milvus:19530"
+
+
+def test_search_selects_milvus_by_its_environment_and_waits_for_the_load_only_in_that_profile() -> None:
+    search = compose_service("search")
+    environment = compose_env("search")
+    assert environment["SEARCH_BACKEND"] == "faiss", "FAISS unless SEARCH_BACKEND says otherwise"
+    assert environment["SEARCH_MILVUS_URI"] == "http://milvus:19530"
+    assert search["depends_on"]["milvus-load"] == {"condition": "service_completed_successfully", "required": False}
 
 
 def test_compose_uses_the_versionless_compose_spec() -> None:
@@ -663,7 +686,8 @@ def test_data_service_downloads_into_the_folders_search_and_the_embedder_read() 
 
 def test_search_and_embedder_wait_for_the_data_service_to_succeed() -> None:
     for name in ("search", "embedder"):
-        assert compose_service(name)["depends_on"] == {"data": {"condition": "service_completed_successfully"}}
+        required = {k: v for k, v in compose_service(name)["depends_on"].items() if v.get("required", True)}
+        assert required == {"data": {"condition": "service_completed_successfully"}}
     assert "healthcheck" not in compose_service("data"), "a one-shot job is waited on by its exit, not its health"
 
 

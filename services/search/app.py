@@ -17,6 +17,7 @@ from services.search.errors import NoDirectMap
 from services.search.index import VectorIndex
 from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
+from services.search.nearest import NearestIndex
 from services.search.routes import records, search, stats, taxa
 from services.search.scale import ScaleUnavailable, measure_scale
 from services.search.settings import SearchSettings
@@ -29,7 +30,16 @@ logger = logging.getLogger(__name__)
 ERROR_STATUS: StatusTable = {NoDirectMap: Status(501, note="SEARCH_DIRECT_MAP=off")}
 
 
-def open_engine(settings: SearchSettings) -> SearchEngine:
+def open_index(settings: SearchSettings, metadata: MetadataStore) -> NearestIndex:
+    """The one choice of what finds the nearest vectors (SEARCH_BACKEND), made here and never again."""
+    if settings.backend == "milvus":
+        from services.search.milvus import MilvusIndex
+
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+        return MilvusIndex.open(
+            settings.resolved_milvus_uri, settings.milvus_collection, metadata=metadata.path, rows=metadata.rows,
+            token=token, timeout=settings.milvus_timeout_s,
+        )  # fmt: skip
     index = VectorIndex.open(settings.resolved_index_path, mmap=settings.mmap, direct_map=settings.direct_map)
     index.upgrade_quantizer(
         settings.coarse_quantizer,
@@ -37,11 +47,20 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
         ef_construction=settings.quantizer_ef_construction,
         cache_dir=settings.cache_dir,
     )
+    return index
+
+
+def open_engine(settings: SearchSettings) -> SearchEngine:
     metadata = MetadataStore(
         settings.resolved_metadata_path, threads=settings.duckdb_threads, memory_limit=settings.duckdb_memory_limit
     )
-    # The one choice of how candidates are judged, made here and never again.
-    lookup = open_lookup(metadata, sidecar=settings.sidecar_path, use_sidecar=settings.use_sidecar)
+    try:
+        index = open_index(settings, metadata)
+        # The one choice of how candidates are judged, made here and never again.
+        lookup = open_lookup(metadata, sidecar=settings.sidecar_path, use_sidecar=settings.use_sidecar)
+    except BaseException:
+        metadata.close()
+        raise
     logger.info("candidates judged by %s", lookup.name)
     return SearchEngine(index, lookup, settings.limits())
 
@@ -93,6 +112,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
         app.state.ready = False
         await asyncio.gather(*background)  # a thread can't be stopped: let it finish before DuckDB is closed
         app.state.engine.lookup.store.close()
+        app.state.engine.index.close()
 
     app = create_service_app(
         "search",
@@ -100,7 +120,7 @@ def create_app(settings: SearchSettings) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
         max_body_bytes=settings.max_request_bytes,
-        description="Nearest records for query vectors: a FAISS index plus DuckDB metadata.",
+        description="Nearest records for query vectors: a FAISS index (or a Milvus collection) plus DuckDB metadata.",
         errors=ERROR_STATUS,
     )
     app.state.settings = settings

@@ -3,7 +3,9 @@
 A filtered search asks the index for more neighbours than it needs (over-fetch), judges them, and
 when too few pass it widens, several queries at once: more candidates (by the pass rate seen so
 far) and, once the visited IVF lists run dry, more lists (nprobe x4). It stops when every query
-has top_n hits or a stated bound is hit (`Limits`), and says which (`stopped`).
+has top_n hits or a stated bound is hit (`Limits`), and says which (`stopped`). An index that filters
+during the search (Milvus: services/search/nearest.py) is asked for top_n in the scope and filters at once;
+its neighbours are screened the same way, and the same loop widens when its visited lists run dry.
 
 Two edges of real indexes: an id the index holds more than once is one hit (its best similarity; the
 others do not count toward top_n), and a stored vector that is NaN or zero has no similarity: it is never
@@ -26,9 +28,9 @@ from services.common.errors import DimensionMismatch, InvalidVector
 from services.common.vocabulary import SearchParameters, Stopped, TaxonFilter
 from services.search.errors import UnknownRecord, UnusableVector
 from services.search.filters import Criteria
-from services.search.index import StoredVector, VectorIndex
 from services.search.lookup import RecordLookup
 from services.search.metadata import Row
+from services.search.nearest import NearestIndex, StoredVector
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class _State:
 
 
 class SearchEngine:
-    def __init__(self, index: VectorIndex, lookup: RecordLookup, limits: Limits) -> None:
+    def __init__(self, index: NearestIndex, lookup: RecordLookup, limits: Limits) -> None:
         self.index = index
         self.lookup = lookup
         self.limits = limits
@@ -146,7 +148,12 @@ class SearchEngine:
         nlist = self.index.nlist
         max_nprobe = None if nlist is None else min(nlist, max(limits.max_nprobe, nprobe or 1))
         ef = query.ef_search or limits.default_ef_search
-        k = query.top_n if query.plain else math.ceil(query.top_n * limits.overfetch)
+        # An index that filters during the search returns only neighbours in the scope and filters: it is
+        # over-fetched only for the caps, which it cannot apply. Its neighbours are still screened below.
+        in_search = self.index.filters_in_search
+        fits = query.plain or (in_search and query.max_per_source is None and query.max_per_species is None)
+        criteria = query.criteria if in_search and not query.criteria.selects_all else None
+        k = query.top_n if fits else math.ceil(query.top_n * limits.overfetch)
         states = [_State() for _ in range(len(vectors))]
         rows: dict[int, Row] = {}
         screened: dict[int, tuple[bool, Any]] = {}
@@ -157,7 +164,7 @@ class SearchEngine:
             k = max(min(k, reach), 1)
             widen = False
             tick = time.perf_counter()
-            found = self.index.search(vectors[pending], k, nprobe or 1, ef)
+            found = self.index.search(vectors[pending], k, nprobe or 1, ef, criteria)
             timings.index_ms += (time.perf_counter() - tick) * 1000
             # Judge every new candidate of every pending query in one call.
             tick = time.perf_counter()

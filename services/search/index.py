@@ -17,14 +17,17 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
 
 from services.search.errors import NoDirectMap, NotReconstructable, UnknownRecord
+from services.search.nearest import Backend, Neighbours, StoredVector
+
+if TYPE_CHECKING:
+    from services.search.filters import Criteria
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +45,6 @@ _IVF_FOURCC = (b"Iw", b"Iv", b"IxPT", b"IxMp", b"IxM2", b"IRFl")
 
 class IndexOpenError(RuntimeError):
     """The index file is missing or unreadable."""
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    similarities: np.ndarray  # (queries, k) float32, cosine for normalised vectors (L2 converted)
-    ids: np.ndarray  # (queries, k) int64, -1 where the index had fewer than k within reach
-    nprobe: int | None
-    ef_search: int | None
-
-
-@dataclass(frozen=True)
-class StoredVector:
-    id: int
-    vector: np.ndarray
-    exact: bool
-    encoding: str
 
 
 def _read(path: Path, mmap: bool) -> faiss.Index:
@@ -116,7 +103,10 @@ def hnsw_over_centroids(
 
 
 class VectorIndex:
-    """A FAISS index, safe to search from several threads at once."""
+    """A FAISS index, safe to search from several threads at once (the `faiss` NearestIndex)."""
+
+    backend: Backend = "faiss"
+    filters_in_search = False  # FAISS judges no metadata: the engine screens what it returns
 
     def __init__(self, index: faiss.Index, path: Path, *, direct_map: DirectMapMode = "lazy") -> None:
         self.index = index
@@ -206,8 +196,12 @@ class VectorIndex:
     def clamp_nprobe(self, nprobe: int) -> int | None:
         return None if self.nlist is None else max(1, min(nprobe, self.nlist))
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int, ef_search: int) -> Neighbours:
-        """The k nearest of each (normalised) query; ef_search drives HNSW (an HNSW index or quantizer)."""
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int, ef_search: int, criteria: Criteria | None = None
+    ) -> Neighbours:
+        """The k nearest of each (normalised) query; ef_search drives HNSW (an HNSW index or quantizer).
+
+        `criteria` is not applied here (filters_in_search is False): the engine screens the neighbours."""
         k = max(1, min(k, self.size)) if self.size else 1
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         used = self.clamp_nprobe(nprobe)
@@ -240,6 +234,9 @@ class VectorIndex:
             # Squared L2 between unit vectors: |a - b|^2 = 2 - 2 cos.
             similarities = np.where(ids >= 0, 1.0 - similarities / 2.0, similarities).astype(np.float32)
         return Neighbours(similarities=similarities, ids=ids, nprobe=used, ef_search=ef)
+
+    def close(self) -> None:
+        """Nothing to let go of: the index is freed with this object (a memory map with it)."""
 
     def _ensure_direct_map(self) -> None:
         ivf = self._ivf

@@ -333,6 +333,12 @@ class LookupSidecar:
                     self._normalised[rank] = found
         return found
 
+    def name_keys(self, rank: str) -> tuple[list[str], np.ndarray]:
+        """One rank's distinct name keys (BINOMIAL: the scientific names') and, per taxon code, the index of its
+        key (-1: no name); for the Milvus loader, which codes the keys per record."""
+        names = self._rank_names(rank)
+        return names.keys.to_pylist(), names.indices
+
     def _name_index(self, taxon: TaxonFilter) -> tuple[np.ndarray, int]:
         """The taxa's key indices at the filter's rank, and the index of the filter's key (-1: no taxon has it)."""
         rank = BINOMIAL if taxon.binomial else taxon.rank

@@ -33,6 +33,7 @@ from services.common.schemas.search import SimilarityScale, Spread
 from services.common.vocabulary import name_key, species_key
 from services.search.index import VectorIndex
 from services.search.lookup import RecordLookup
+from services.search.nearest import NearestIndex
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,15 @@ def _positional_sample(index: faiss.Index, count: int, rng: np.random.Generator)
     return StoredSample(ids.astype(np.int64), vectors)
 
 
-def sample_stored(index: VectorIndex, count: int, seed: int = SEED) -> StoredSample:
+def sample_stored(index: NearestIndex, count: int, seed: int = SEED) -> StoredSample:
     """Up to `count` stored vectors chosen uniformly among the index's entries, with their ids.
 
-    Raises ScaleUnavailable for an index whose entries cannot be read back this way (an IVF wrapped in
-    anything but a pre-transform; an encoding that does not decode)."""
+    Raises ScaleUnavailable for an index whose entries cannot be read back this way (another backend
+    than FAISS; an IVF wrapped in anything but a pre-transform; an encoding that does not decode)."""
+    if not isinstance(index, VectorIndex):
+        raise ScaleUnavailable(
+            f"stored vectors are sampled from a FAISS index only, not from the {index.backend} backend"
+        )
     rng = np.random.default_rng(seed)
     top = faiss.downcast_index(index.index)
     try:
@@ -126,7 +131,7 @@ def spread(values: list[float]) -> Spread:
 
 
 def measure_scale(
-    index: VectorIndex,
+    index: NearestIndex,
     lookup: RecordLookup,
     *,
     samples: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -15,12 +15,32 @@ if TYPE_CHECKING:
 
 INDEX_FILE = Path("faiss") / "index.index"
 METADATA_FILE = Path("duckdb") / "metadata.duckdb"
+MILVUS_LITE_FILE = Path("milvus") / "collection.db"
+MILVUS_COLLECTION = "bioclip_search"
 
 
 class SearchSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SEARCH_", extra="ignore")
 
     port: int = Field(8002, ge=1, le=65535, description="TCP port to listen on.")
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="What finds the nearest vectors: `faiss` (the index file, filters applied by over-fetching) or "
+        "`milvus` (a Milvus collection loaded by `python -m collection milvus-load`, filtered during the search). "
+        "The metadata (DuckDB and the sidecar) is read the same way for both.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="With SEARCH_BACKEND=milvus: a Milvus server (`http://host:19530`) or a milvus-lite folder "
+        "(a path ending in `.db`: the embedded Milvus, in this process); default data_dir/milvus/collection.db.",
+    )
+    milvus_collection: str = Field(
+        MILVUS_COLLECTION, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", description="The Milvus collection's name."
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="A Milvus server's credentials (`user:password` or an API key); unset: none."
+    )
+    milvus_timeout_s: float = Field(30.0, gt=0, description="Longest wait for one Milvus call, in seconds.")
     data_dir: Path = Field(
         Path("data"),
         description="A collection folder laid out like the pre-built one: faiss/index.index and "
@@ -90,6 +110,17 @@ class SearchSettings(ServiceSettings):
         description="DuckDB's buffer pool limit (e.g. `2GB`); unset: DuckDB's default (80% of RAM). Lookups by id "
         "read few blocks, so a small pool is enough beside a memory-mapped index.",
     )
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _milvus_uri(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value and not value.startswith("unix:") and not value.endswith(".db"):
+            raise ValueError("a Milvus URI is http(s)://host:port, tcp://host:port, unix:PATH, or a path ending in .db")
+        return value
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / MILVUS_LITE_FILE)
 
     @property
     def resolved_index_path(self) -> Path:

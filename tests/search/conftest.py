@@ -1,4 +1,5 @@
-"""Hand-built collections with known vectors, written with the builder's own writers."""
+"""Hand-built collections with known vectors, written with the builder's own writers; the search API's tests run
+on both backends (`backend`): the FAISS file, and the same collection loaded into one milvus-lite per session."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from collection.build import write_index, write_metadata
+from collection.milvus_load import load_collection
 from services.search.app import create_app
 from services.search.settings import INDEX_FILE, METADATA_FILE, SearchSettings
+
+BACKENDS = ("faiss", "milvus")
 
 
 @dataclass
@@ -65,6 +69,49 @@ def one_faiss_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+class MilvusLite:
+    """One milvus-lite folder for the session (the embedded Milvus starts once per process and path); each
+    collection is loaded into it once, by the loader `python -m collection milvus-load` runs."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._loaded: dict[tuple[Path, str, str], str] = {}
+
+    def settings(self, collection: Collection, index_type: str = "FLAT", **params: Any) -> dict[str, Any]:
+        """The search settings that serve `collection` from Milvus (loaded on first use)."""
+        key = (collection.folder, index_type, repr(sorted(params.items())))
+        name = self._loaded.get(key)
+        if name is None:
+            name = f"c{len(self._loaded)}_{index_type.lower()}"
+            load_collection(
+                metadata=collection.folder / METADATA_FILE, uri=self.uri, collection=name,
+                index=collection.folder / INDEX_FILE, index_type=index_type, index_params=params,
+            )  # fmt: skip
+            self._loaded[key] = name
+        return {"backend": "milvus", "milvus_uri": self.uri, "milvus_collection": name}
+
+
+@pytest.fixture(scope="session")
+def milvus(tmp_path_factory: pytest.TempPathFactory) -> MilvusLite:
+    return MilvusLite(str(tmp_path_factory.mktemp("milvus") / "search.db"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def on(backend: str, milvus: MilvusLite) -> Any:
+    """`on(collection, **overrides)`: settings serving the collection from this test's backend."""
+
+    def settings(collection: Collection, *, index_type: str = "FLAT", **overrides: Any) -> SearchSettings:
+        chosen = milvus.settings(collection, index_type) if backend == "milvus" else {}
+        return collection.settings(**chosen, **overrides)
+
+    return settings
+
+
 @pytest.fixture(scope="session")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
     """Read-only for every test that shares it."""
@@ -72,6 +119,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
 
 
 @pytest.fixture
-def client(collection: Collection) -> Iterator[TestClient]:
-    with TestClient(create_app(collection.settings())) as test_client:
+def client(collection: Collection, on: Any) -> Iterator[TestClient]:
+    """The search app on `collection`, once per backend."""
+    with TestClient(create_app(on(collection))) as test_client:
         yield test_client

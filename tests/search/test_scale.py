@@ -15,7 +15,7 @@ from services.search.app import create_app
 from services.search.index import VectorIndex
 from services.search.scale import ScaleUnavailable, measure_scale, sample_stored
 from services.search.settings import INDEX_FILE
-from tests.search.conftest import Collection, rows_for, unit_vectors, write_collection
+from tests.search.conftest import Collection, MilvusLite, rows_for, unit_vectors, write_collection
 
 SPECIES, PER_SPECIES, DIM = 60, 8, 32
 
@@ -70,6 +70,27 @@ def test_scale_reports_same_species_close_and_other_genera_far(
     assert unrelated["count"] > 15_000  # pairs of 200 records, less those of one genus
     assert scale["nearest_other_genus"]["median"] < same["p10"]
     assert scale["encoding"] == VectorIndex.open(tmp_path / INDEX_FILE, mmap=False).kind
+
+
+def test_milvus_backend_serves_without_a_scale_and_says_why(
+    tmp_path: Path,
+    clustered_rows: tuple[np.ndarray, list[dict[str, Any]]],
+    milvus: MilvusLite,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stored vectors are sampled from FAISS files only: on Milvus the scale stays null, logged as a reason."""
+    vectors, rows = clustered_rows
+    collection = write_collection(tmp_path, vectors, rows)
+    settings = collection.settings(**milvus.settings(collection), similarity_scale_samples=200)
+    with caplog.at_level("INFO", logger="services.search.app"), TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 20
+        while "similarity scale" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = client.get("/v1/stats").json()
+        assert client.post("/v1/search", json={"vectors": [vectors[0].tolist()], "top_n": 3}).status_code == 200
+    assert stats["backend"] == "milvus" and stats["similarity_scale"] is None
+    assert "sampled from a FAISS index only" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("services.")]
 
 
 def test_scale_follows_the_vectors_not_the_names(

@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.search.app import create_app
+from services.search.milvus import connect
 from services.search.settings import INDEX_FILE, METADATA_FILE
-from tests.search.conftest import Collection, rows_for, unit_vectors, write_collection
+from tests.search.conftest import Collection, MilvusLite, rows_for, unit_vectors, write_collection
 
 
 def test_each_vector_finds_its_own_record_first(client: TestClient, collection: Collection) -> None:
@@ -90,12 +91,14 @@ def test_record_by_id_and_unknown_record(client: TestClient) -> None:
     assert missing.json()["error"]["code"] == "unknown_record"
 
 
-def test_stats_describe_index_and_metadata(client: TestClient) -> None:
+def test_stats_describe_index_and_metadata(client: TestClient, backend: str) -> None:
     stats = client.get("/v1/stats").json()
+    index_type = {"faiss": "IndexFlatIP", "milvus": "Milvus FLAT"}[backend]
     assert stats == {
-        "index_type": "IndexFlatIP", "vectors": 200, "dim": 16, "nlist": None, "default_nprobe": None,
-        "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes", "coarse_quantizer": None,
-        "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000, "max_nprobe": None, "collection": None,
+        "backend": backend, "index_type": index_type, "vectors": 200, "dim": 16, "nlist": None,
+        "default_nprobe": None, "metric": "inner_product", "metadata_rows": 200, "url_layout": "url_prefixes",
+        "coarse_quantizer": None, "lookup": "sidecar", "reconstruct": True, "max_candidates": 10_000,
+        "max_nprobe": None, "collection": None,
         "similarity_scale": None,  # every record its own species: nothing to measure
     }  # fmt: skip
 
@@ -178,3 +181,44 @@ def test_missing_index_file_stops_start_up_with_its_path(tmp_path: Path, collect
     settings = collection.settings(index_path=tmp_path / "nowhere.index")
     with pytest.raises(RuntimeError, match=r"nowhere\.index"), TestClient(create_app(settings)):
         pass
+
+
+def test_milvus_ivf_clamps_nprobe_to_nlist_and_still_finds_neighbours(tmp_path: Path, milvus: MilvusLite) -> None:
+    vectors = unit_vectors(2000, 16, seed=3)
+    collection = write_collection(tmp_path, vectors, rows_for(2000))
+    settings = collection.settings(**milvus.settings(collection, "IVF_FLAT", nlist=8))
+    with TestClient(create_app(settings)) as client:
+        stats = client.get("/v1/stats").json()
+        assert stats["index_type"] == "Milvus IVF_FLAT" and stats["nlist"] == 8 and stats["default_nprobe"] == 8
+        response = client.post("/v1/search", json={"vectors": [vectors[42].tolist()], "top_n": 3, "nprobe": 500})
+        assert response.json()["nprobe"] == 8
+        assert response.json()["results"][0]["hits"][0]["record"]["id"] == 42
+
+
+def test_missing_milvus_collection_stops_start_up_naming_it(collection: Collection, milvus: MilvusLite) -> None:
+    settings = collection.settings(backend="milvus", milvus_uri=milvus.uri, milvus_collection="nowhere")
+    with pytest.raises(RuntimeError, match=r"'nowhere'.*milvus-load"), TestClient(create_app(settings)):
+        pass
+
+
+def test_a_milvus_collection_of_another_metadata_file_is_refused(tmp_path: Path, milvus: MilvusLite) -> None:
+    first = write_collection(tmp_path / "first", unit_vectors(30, 16), rows_for(30))
+    other = write_collection(tmp_path / "other", unit_vectors(40, 16), rows_for(40))
+    settings = other.settings(**milvus.settings(first))
+    with pytest.raises(RuntimeError, match="another metadata file"), TestClient(create_app(settings)):
+        pass
+
+
+def test_a_milvus_that_went_away_is_a_503_naming_it(collection: Collection, milvus: MilvusLite) -> None:
+    settings = collection.settings(**milvus.settings(collection))
+    operator = connect(milvus.uri)
+    with TestClient(create_app(settings)) as client:
+        operator.release_collection(settings.milvus_collection)
+        try:
+            response = client.post("/v1/search", json={"vectors": [collection.vectors[0].tolist()], "top_n": 3})
+        finally:
+            operator.load_collection(settings.milvus_collection)
+            operator.close()
+    assert response.status_code in (502, 503), response.text
+    assert response.json()["error"]["code"].startswith("upstream")
+    assert "Milvus" in response.json()["error"]["message"]

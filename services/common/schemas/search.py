@@ -162,7 +162,10 @@ class SimilarityScale(BaseModel):
 
 
 class SearchStats(BaseModel):
-    index_type: str
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="What finds the nearest vectors: the FAISS file, or a Milvus collection."
+    )
+    index_type: str = Field(description="The FAISS class (of the IVF inside when wrapped), or `Milvus <index type>`.")
     vectors: int
     dim: int
     nlist: int | None

@@ -16,6 +16,7 @@ async def stats(engine: EngineDep, settings: SettingsDep, request: Request) -> S
     """What the index and the metadata hold, and the bounds of a search."""
     index = engine.index
     return SearchStats(
+        backend=index.backend,
         index_type=index.kind,
         vectors=index.size,
         dim=index.dim,
