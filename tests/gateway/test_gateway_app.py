@@ -88,6 +88,35 @@ def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
     assert response.json()["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("text", "Danaus plexippus"), ("record_id", "3"), ("query_id", "txt-0123")]
+)
+def test_a_photo_with_a_second_query_is_a_422_naming_both(
+    client: TestClient, make_image: ImageFactory, field: str, value: str
+) -> None:
+    files = {"image": ("a.jpg", make_image(), "image/jpeg")}
+    response = client.post("/api/search", files=files, data={field: value, "top_n": "5"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["details"] == [
+        {
+            "field": field,
+            "problem": f"give only one of image, text, record_id or query_id; this request gives image and {field}",
+        }
+    ]
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\ufeff", "\u200b \u2060"])
+def test_a_blank_text_beside_a_photo_is_absent_as_any_blank_field(
+    client: TestClient, make_image: ImageFactory, blank: str
+) -> None:
+    files = {"image": ("a.jpg", make_image(), "image/jpeg")}
+    response = client.post("/api/search", files=files, data={"text": blank})
+    # Past the form's checks: the photo goes to the embedder, which is down here.
+    assert response.status_code == 503 and response.json()["error"]["code"] == "embedder_unavailable"
+
+
 @pytest.mark.parametrize("path", ["/api/records/-3", "/api/records/x", "/api/images/1?size=giant"])
 def test_bad_record_paths_get_422(client: TestClient, path: str) -> None:
     response = client.get(path)
