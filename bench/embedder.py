@@ -278,7 +278,8 @@ def run_precision(args: argparse.Namespace, run: PrecisionRun, samples: list[tup
     and the collection's (embedded only when given: by the baseline)."""
     started = time.perf_counter()
     # In-process first: it makes the int8 towers, which the service then finds in the shared cache dir.
-    model: LoadedModel = load_model(settings_for(args, run.precision))  # includes one warm-up forward
+    model: LoadedModel = load_model(settings_for(args, run.precision))
+    model.warm_up()  # as the service does just after it says ready
     run.load_seconds = time.perf_counter() - started
     process = start_service(args, run.precision, logs)
     try:

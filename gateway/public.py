@@ -2,13 +2,15 @@
 
 Behind the reverse proxy, `GET /api/health` is public; its reasons come from the services
 (`/readyz`) and from httpx errors, which may name internal URLs, host:port pairs, IP addresses or
-file paths. Those are replaced by a placeholder; the rest of the reason stays.
+file paths. Those are replaced by a placeholder; the rest of the reason stays. `GET /api/info` shows
+the embedder's model without the folder its checkpoint lies in.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from pathlib import PurePath
 
 logger = logging.getLogger(__name__)
 
@@ -32,3 +34,11 @@ def redact(reason: str | None) -> str | None:
     if reason is None:
         return None
     return _INTERNAL.sub(HIDDEN, reason)
+
+
+def public_model(model: dict[str, object] | None) -> dict[str, object] | None:
+    """The embedder's /v1/model with `checkpoint` cut to the file's name: the folder is the operator's.
+    The model's name (an `hf-hub:` name when loaded from the hub) stays as it is."""
+    if model is None or not isinstance(model.get("checkpoint"), str):
+        return model
+    return {**model, "checkpoint": PurePath(str(model["checkpoint"])).name}

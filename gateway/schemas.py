@@ -31,10 +31,15 @@ class SearchParameters(vocabulary.SearchParameters):
         )
 
 
+TEXT_DESCRIPTION = "A taxon or common name; blank once cleaned (empty, spaces, invisible characters) is 400 empty_text."
+
+
 class QueryRequest(SearchParameters):
     """A JSON search: exactly one of `text`, `record_id` or `query_id`, plus parameters."""
 
-    text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
+    # No min_length: an empty text is blank like one of spaces or invisible characters, one answer for all
+    # (400 empty_text, from the search itself, gateway/searching.py), not a 422 for "" alone.
+    text: str | None = Field(None, max_length=300, description=TEXT_DESCRIPTION)
     record_id: int | None = Field(None, ge=0, le=2**31 - 1, description="Search from this record's image.")
     query_id: str | None = Field(
         None, min_length=4, max_length=80, description="A query this gateway embedded before (from a result)."
@@ -66,7 +71,7 @@ class _LinkQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     q: str | None = Field(None, min_length=4, max_length=80, description="A query id from an earlier result.")
-    text: str | None = Field(None, min_length=1, max_length=300, description="A taxon or common name.")
+    text: str | None = Field(None, max_length=300, description=TEXT_DESCRIPTION)
     record: int | None = Field(None, ge=0, le=2**31 - 1, description="Search from this record.")
     filter: list[str] = Field(
         default_factory=list,
@@ -85,9 +90,16 @@ class _LinkQuery(BaseModel):
     @classmethod
     def _blanks_are_absent(cls, data: Any) -> Any:
         # A form submitted with an empty field sends `name=`: that means "not given", as in the multipart form.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value != ""}
-        return data
+        # A blank text (empty, spaces, invisible characters: one rule, the vocabulary's `clean`) is absent beside
+        # another query; alone it is the query, and the search answers it 400 empty_text as JSON's.
+        if not isinstance(data, dict):
+            return data
+        given = {key: value for key, value in data.items() if value != "" or key == "text"}
+        text = given.get("text")
+        other_query = any(given.get(name) for name in ("q", "record"))
+        if isinstance(text, str) and not vocabulary.clean(text) and other_query:
+            del given["text"]
+        return given
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> _LinkQuery:

@@ -143,8 +143,9 @@ def run(log_dir: Path) -> int:
         search = start(service("search", env=defaults(search_env), log_dir=log_dir))
         fetcher_env = {"FETCHER_CACHE_DIR": str(ROOT / "var" / "cache" / "fetcher")}
         if demo:
-            # The demo's image source is on this machine; the fetcher refuses private addresses otherwise.
-            fetcher_env["FETCHER_ALLOW_PRIVATE_NETWORKS"] = "127.0.0.0/8"
+            # The demo's image source is on this machine, which the fetcher refuses otherwise: exempt its own
+            # address and port only, not the machine's other services (the gateway, the embedder, ...).
+            fetcher_env["FETCHER_ALLOW_PRIVATE_NETWORKS"] = f"127.0.0.1:{DEMO_SOURCE_PORT}"
         fetcher = start(service("fetcher", env=defaults(fetcher_env), log_dir=log_dir))
         for backend in (embedder, search, fetcher):
             gateway_env[f"GATEWAY_{backend.name.upper()}_URL"] = backend.url

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.clients import ReplicaReadiness, ServiceClients
 from gateway.dependencies import ClientsDep, SettingsDep
-from gateway.public import redact
+from gateway.public import public_model, redact
 from gateway.schemas import GatewayHealth, Info, ReplicaHealth, ServiceHealth
 
 router = APIRouter(prefix="/api", tags=["operations"])
@@ -68,8 +68,9 @@ async def internal_health(clients: ClientsDep) -> JSONResponse:
 
 @router.get("/info", response_model=Info)
 async def info(clients: ClientsDep, settings: SettingsDep) -> Info:
-    """The notice to show, the model in use and what the index holds (null parts are down)."""
+    """The notice to show, the model in use (its checkpoint by file name only) and what the index holds (null
+    parts are down)."""
     model, index = await asyncio.gather(
         clients.json_or_none("embedder", "/v1/model"), clients.json_or_none("search", "/v1/stats")
     )
-    return Info(notice=settings.notice, model=model, index=index)
+    return Info(notice=settings.notice, model=public_model(model), index=index)

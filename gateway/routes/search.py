@@ -17,6 +17,7 @@ from gateway.dependencies import ClientsDep, SearcherDep, UploadsDep, limit_sear
 from gateway.export import Format, hits_csv, hits_json, negotiated, provenance
 from gateway.query_cache import CachedQuery
 from gateway.schemas import (
+    QUERY_FIELDS,
     Export,
     QueryRequest,
     SearchLink,
@@ -29,6 +30,7 @@ from gateway.schemas import (
 from gateway.searching import Searcher, Upload
 from services.common.errors import InvalidInput, UnsupportedMediaType
 from services.common.http_errors import ErrorResponse, json_body
+from services.common.vocabulary import clean
 
 router = APIRouter(prefix="/api", tags=["search"], dependencies=[Depends(limit_searches)])
 
@@ -101,7 +103,13 @@ async def _from_form(request: Request, searcher: Searcher) -> tuple[CachedQuery,
         items = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
         if not items:  # before the fields: a photo sent under another name is this mistake, not an unknown field
             raise InvalidInput("attach the photo as the multipart field `image`", code="missing_image")
-        params = _validated(SearchParameters, _fields(form, {"image"}))
+        # The photos are the query: a text, record or query id beside them is a second one (one query per
+        # search, as in JSON and in a query string), not a parameter. Blank, it is absent, as any blank field.
+        given = [name for name in QUERY_FIELDS if clean(str(form.get(name) or ""))]
+        if given:
+            problem = one_query_message(("image", *QUERY_FIELDS), ["image", *given])
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", given[0]), "msg": problem}])
+        params = _validated(SearchParameters, _fields(form, {"image", *QUERY_FIELDS}))
         uploads = [await _upload(item, n) for n, item in enumerate(items)]
         return await searcher.image_query(uploads), params
 

@@ -1,6 +1,6 @@
 """`python -m services.embedder`: run the embedder with settings from EMBEDDER_* variables.
 
-The model loads after the server starts (so /healthz answers meanwhile); if it cannot be loaded,
+torch, open_clip and the model load after the server starts (so /healthz answers meanwhile); if it cannot be loaded,
 the log's one error line says which setting to change and the process exits with status 1.
 """
 

@@ -3,6 +3,9 @@
 The server answers /healthz at once and /readyz (503) while the model loads; embed and classify
 routes answer 503 not_ready until it is loaded. A failed load logs one line naming the setting to
 change, records it as `app.state.fatal_error` and stops the server (exit status 1 under `serve`).
+
+This module and the routes import neither torch nor open_clip: those imports are most of a restart
+(docs/benchmarks/reliability.md), so they run in the loading thread, after the server answers.
 """
 
 from __future__ import annotations
@@ -12,19 +15,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-import torch
 from fastapi import FastAPI
 
 from services.common.http_errors import Status, StatusTable
 from services.common.service import BlockingPool, create_service_app
-from services.embedder.engine import Embedder, load_resources
-from services.embedder.errors import LabelsNotConfigured
-from services.embedder.labels import TreeOfLife
-from services.embedder.model import LoadedModel, ModelLoadError, one_line
+from services.embedder.errors import LabelsNotConfigured, ModelLoadError, one_line
 from services.embedder.routes import classify, embed
 from services.embedder.routes import model as model_info
 from services.embedder.settings import EmbedderSettings
+
+if TYPE_CHECKING:
+    from services.embedder.labels import TreeOfLife
+    from services.embedder.model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,14 @@ logger = logging.getLogger(__name__)
 ERROR_STATUS: StatusTable = {LabelsNotConfigured: Status(503, note="EMBEDDER_TREE_OF_LIFE_DIR is unset")}
 
 
-Loader = Callable[[EmbedderSettings], tuple[LoadedModel, TreeOfLife | None]]
+Loader = Callable[[EmbedderSettings], "tuple[LoadedModel, TreeOfLife | None]"]
+
+
+def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife | None]:
+    """The engine's loader (services/embedder/engine.py), imported here: torch and open_clip load in this thread."""
+    from services.embedder.engine import load_resources as load
+
+    return load(settings)
 
 
 async def _load(app: FastAPI, settings: EmbedderSettings, pool: BlockingPool, loader: Loader) -> None:
@@ -46,9 +57,15 @@ async def _load(app: FastAPI, settings: EmbedderSettings, pool: BlockingPool, lo
         logger.debug("model load failed", exc_info=True)
         _failed(app, f"could not load {settings.model}: {type(exc).__name__}: {one_line(exc)}")
         return
-    app.state.embedder = Embedder(model, tree, settings, pool.run)
+    from services.embedder.engine import Embedder  # already imported by the loader
+
+    app.state.embedder = embedder = Embedder(model, tree, settings, pool.run)
     app.state.ready = True
     app.state.not_ready_reason = None
+    try:
+        await embedder.warm_up()
+    except Exception:  # the first request would meet the same failure and answer it; here it is only logged
+        logger.warning("the warm-up pass failed", exc_info=True)
 
 
 def _failed(app: FastAPI, message: str) -> None:
@@ -70,9 +87,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            # Threads made from here on (the pool's) start with this count.
-            torch.set_num_threads(settings.torch_threads)
         app.state.settings = settings
         app.state.pool = pool = BlockingPool(settings.blocking_threads)
         app.state.embedder = None

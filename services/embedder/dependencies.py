@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from services.common.errors import NotReady
-from services.embedder.engine import Embedder
+
+if TYPE_CHECKING:  # the engine imports torch, which loads after the server starts (services/embedder/app.py)
+    from services.embedder.engine import Embedder
 
 
 def get_embedder(request: Request) -> Embedder:
@@ -17,4 +19,5 @@ def get_embedder(request: Request) -> Embedder:
     return embedder
 
 
-EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+# A name FastAPI need not resolve: it passes a dependency's result on without validating it.
+EmbedderDep = Annotated["Embedder", Depends(get_embedder)]

@@ -32,9 +32,9 @@ from services.common.settings import setting
 from services.common.vocabulary import RANKS, clean
 from services.embedder import classify
 from services.embedder.batching import Batcher
-from services.embedder.errors import LabelsNotConfigured
+from services.embedder.errors import LabelsNotConfigured, ModelLoadError
 from services.embedder.labels import LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
-from services.embedder.model import LoadedModel, ModelLoadError, describe_transform, load_model
+from services.embedder.model import LoadedModel, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,10 @@ class Embedder:
             self._run_batch, max_size=settings.max_batch_size, max_wait=settings.max_batch_wait_ms / 1000
         )
         self.labels = LabelVectors(self._embed_labels, settings.label_cache_size)
+
+    async def warm_up(self) -> None:
+        """The model's first, slow forward pass, on the model thread: requests that arrive meanwhile queue behind it."""
+        await self.model_thread.run(self.model.warm_up)
 
     async def close(self) -> None:
         await self.batcher.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +12,9 @@ import open_clip
 import torch
 from PIL import Image
 
-from services.common.settings import ConfigurationError, setting
+from services.common.settings import setting
 from services.embedder import precision as precisions
+from services.embedder.errors import ModelLoadError, one_line
 from services.embedder.precision import INPUT_DTYPES, Int8Towers, PrecisionChoice, PrecisionError
 from services.embedder.preprocess import Transform, describe, pybioclip_transform
 from services.embedder.settings import EmbedderSettings
@@ -22,16 +22,6 @@ from services.embedder.settings import EmbedderSettings
 logger = logging.getLogger(__name__)
 
 HF_HUB_PREFIX = "hf-hub:"
-
-
-class ModelLoadError(ConfigurationError):
-    """The model could not be loaded; the message names the settings to change (see ConfigurationError)."""
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """An exception's text on one line (hub errors span several), cut to a readable length."""
-    flat = re.sub(r"\s+", " ", str(text)).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @dataclass
@@ -103,6 +93,12 @@ class LoadedModel:
         vectors = np.concatenate([self.embed_texts(texts[i : i + per_pass]) for i in range(0, len(texts), per_pass)])
         means = vectors.reshape(len(labels), len(prompts), -1).mean(axis=1)
         return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def warm_up(self) -> None:
+        """One image through preprocessing and the image tower: the first pass is slow (allocations, kernel
+        selection). The service runs it just after it says ready, on the model thread, so it adds nothing to
+        restart-to-ready and the first request, queued behind it, does not pay it again."""
+        self.embed_images([Image.new("RGB", (self.image_size, self.image_size))])
 
     @property
     def parameters(self) -> int:
@@ -226,8 +222,6 @@ def load_model(settings: EmbedderSettings) -> LoadedModel:
         int8=int8,
         logit_scale=logit_scale,
     )
-    # The first forward pass is slow (allocations, kernel selection): pay it before serving.
-    loaded.embed_images([Image.new("RGB", (image_size, image_size))])
     logger.info(
         "loaded %s (%s, dim %d, %s preprocessing, %s) on %s with %d torch threads",
         name,

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import anyio
 
@@ -48,17 +49,44 @@ MAGIC_BYTES_NEEDED = 16
 _IMAGE_LIKE_TYPES = ("application/octet-stream", "binary/octet-stream")
 
 
-def parse_networks(text: str) -> tuple[IPNetwork, ...]:
-    """Comma-separated CIDRs (a bare address is one host); ValueError names a bad one."""
-    networks = []
+@dataclass(frozen=True)
+class Exemption:
+    """Addresses the fetcher may reach although private or loopback: a network, on every port or on one."""
+
+    network: IPNetwork
+    port: int | None = None  # None: every port
+
+    def covers(self, address: IPAddress, port: int | None) -> bool:
+        """Whether this exemption lets the fetcher reach `address` on `port` (None: a port not known)."""
+        if address.version != self.network.version or address not in self.network:
+            return False
+        return self.port is None or self.port == port
+
+
+def _exemption(item: str) -> Exemption:
+    # ADDRESS:PORT or [IPv6]:PORT: one address on one port (the offline demo's image source).
+    bracketed = item.startswith("[") and "]:" in item
+    if bracketed or (item.count(":") == 1 and "/" not in item):
+        host, _, port_text = item.rpartition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{item!r} names no port from 1 to 65535")
+        address = ipaddress.ip_address(host.strip("[]") if bracketed else host)
+        return Exemption(ipaddress.ip_network(address), int(port_text))
+    return Exemption(ipaddress.ip_network(item, strict=False))
+
+
+def parse_networks(text: str) -> tuple[Exemption, ...]:
+    """Comma-separated CIDRs (a bare address is one host), each on every port, or `ADDRESS:PORT` /
+    `[IPv6]:PORT` for one address on one port; ValueError names a bad one."""
+    exemptions = []
     for item in text.split(","):
         item = item.strip()
         if item:
             try:
-                networks.append(ipaddress.ip_network(item, strict=False))
+                exemptions.append(_exemption(item))
             except ValueError as exc:
-                raise ValueError(f"{item!r} is not a network in CIDR notation ({exc})") from exc
-    return tuple(networks)
+                raise ValueError(f"{item!r} is not a network in CIDR notation or an ADDRESS:PORT ({exc})") from exc
+    return tuple(exemptions)
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -97,12 +125,13 @@ def _reason(address: IPAddress) -> str | None:
 class AddressGuard:
     """Decides whether the fetcher may connect to an address, and resolves hosts to allowed ones."""
 
-    def __init__(self, allowed: Iterable[IPNetwork] = (), resolver: Resolver | None = None) -> None:
-        self.allowed = tuple(allowed)
+    def __init__(self, allowed: Iterable[Exemption | IPNetwork] = (), resolver: Resolver | None = None) -> None:
+        self.allowed = tuple(a if isinstance(a, Exemption) else Exemption(a) for a in allowed)
         self.resolver: Resolver = resolver or system_resolver
 
-    def refusal(self, text: str) -> str | None:
-        """Why the fetcher may not connect to this address, or None when it may."""
+    def refusal(self, text: str, port: int | None = None) -> str | None:
+        """Why the fetcher may not connect to this address (on `port`), or None when it may. Without a port,
+        exemptions limited to one port do not apply."""
         try:
             address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone (fe80::1%eth0)
         except ValueError:
@@ -117,7 +146,7 @@ class AddressGuard:
             if candidate in METADATA_ADDRESSES:
                 return "a cloud metadata address"
         for candidate in candidates:
-            if any(candidate in network for network in self.allowed if network.version == candidate.version):
+            if any(exemption.covers(candidate, port) for exemption in self.allowed):
                 continue
             reason = _reason(candidate)
             if reason:
@@ -139,9 +168,9 @@ class AddressGuard:
         if not addresses:
             raise OSError(f"{host} has no addresses")
         for address in addresses:
-            reason = self.refusal(address)
+            reason = self.refusal(address, port)
             if reason:
-                logger.warning("refused to connect to %s: %s is %s", host, address, reason)
+                logger.warning("refused to connect to %s port %d: %s is %s", host, port, address, reason)
                 shown = host if host == address else f"{host} ({address})"
                 raise FetchFailed("blocked", f"refused to connect to {shown}: {reason}")
         return addresses

@@ -12,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings
 from services.common.vocabulary import IMAGE_SIZES
 from services.fetcher.policy import DEFAULT_POLICY_KEY, DomainPolicy
-from services.fetcher.safety import IPNetwork, parse_networks
+from services.fetcher.safety import Exemption, parse_networks
 
 # iNaturalist's published limits for its own CDN are 1 request/s and 5 GB/hour, 24 GB/day of media
 # (violators are banned for good); the budgets sit well under them. Its open-data bucket on S3 is
@@ -101,7 +101,9 @@ class FetcherSettings(ServiceSettings):
     allow_private_networks: str = Field(
         "",
         description="Comma-separated CIDRs exempt from the refusal of private, loopback and link-local "
-        "addresses (e.g. 127.0.0.0/8 for a local collection). Cloud metadata addresses stay refused.",
+        "addresses on every port (e.g. 10.0.0.0/8 for a collection on the local network), or ADDRESS:PORT "
+        "([IPv6]:PORT) for one address on one port (the offline demo's image source: 127.0.0.1:8010). Cloud "
+        "metadata addresses stay refused.",
     )
     cache_dir: Path = Field(
         Path("var/cache/fetcher"),
@@ -153,7 +155,7 @@ class FetcherSettings(ServiceSettings):
                     )
         return self
 
-    def allowed_networks(self) -> tuple[IPNetwork, ...]:
+    def allowed_networks(self) -> tuple[Exemption, ...]:
         return parse_networks(self.allow_private_networks)
 
     def budget_store_path(self) -> Path:

@@ -53,6 +53,16 @@ def test_runner_builds_the_demo_serves_it_and_stops_everything_on_ctrl_c(
         cached = [path for path in (tmp_path / "my-cache").rglob("*") if path.is_file()]
         assert cached, "the fetcher did not cache in the FETCHER_CACHE_DIR the user set"
         assert all(_listening(port) for port in ports.values())
+        # The fetcher reached the demo's source (the thumbnail above), and may reach nothing else on this
+        # machine: not the gateway on another port, not the source's port on another loopback address.
+        fetcher = f"http://127.0.0.1:{ports['FETCHER']}/v1/image"
+        for elsewhere in (f"http://127.0.0.1:{ports['GATEWAY']}/static/favicon.png",
+                          f"http://127.0.0.2:{ports['STACK_DEMO_SOURCE']}/photos/x/original.jpg"):  # fmt: skip
+            refused = httpx.get(fetcher, params={"url": elsewhere}, timeout=30)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "blocked", (
+                elsewhere,
+                refused.text,
+            )
     finally:
         runner.send_signal(signal.SIGINT)
         code = runner.wait(60)

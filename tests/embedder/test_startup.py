@@ -72,6 +72,20 @@ def _run_embedder(
     )
 
 
+def test_the_server_starts_before_torch_and_open_clip_are_imported() -> None:
+    # What `python -m services.embedder` runs before uvicorn answers /healthz: the app, its routes and the
+    # server. torch, torchvision (whose ops import torch._dynamo), timm and open_clip are most of a restart,
+    # and load in the loading thread after the server answers (docs/benchmarks/reliability.md).
+    script = (
+        "import sys; from services.common.serve import serve; from services.embedder.app import create_app; "
+        "from services.embedder.settings import EmbedderSettings; create_app(EmbedderSettings()); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'timm', 'open_clip'}))"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "[]"
+
+
 def test_offline_hub_model_ends_the_process_with_one_line_naming_the_setting(
     tmp_path: Path, free_port: Callable[[], int]
 ) -> None:

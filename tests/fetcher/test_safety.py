@@ -8,8 +8,11 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from services.common.images import ALLOWED_FORMATS
@@ -97,6 +100,46 @@ def test_the_allowlist_exempts_its_networks_but_never_metadata() -> None:
 def test_a_bad_allowlist_is_refused_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a network"):
         fetcher_settings(tmp_path, allow_private_networks="127.0.0.0/8, intranet")
+    for bad in ("127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:http", "[::1]:x", "intranet:8010"):
+        with pytest.raises(ValueError, match="ADDRESS:PORT"):
+            fetcher_settings(tmp_path, allow_private_networks=bad)
+
+
+@given(
+    allowed=st.integers(1, 65535),
+    other=st.integers(1, 65535),
+    host=st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(1, 254)),
+)
+def test_an_address_and_port_exemption_covers_that_address_on_that_port_only(
+    allowed: int, other: int, host: tuple[int, int, int]
+) -> None:
+    guard = AddressGuard(parse_networks(f"127.0.0.1:{allowed}, [::1]:{allowed}"))
+    assert guard.refusal("127.0.0.1", allowed) is None and guard.refusal("::1", allowed) is None
+    assert guard.refusal("::ffff:127.0.0.1", allowed) is None  # the same address, written in IPv6
+    if other != allowed:
+        assert guard.refusal("127.0.0.1", other) == "a loopback address"
+        assert guard.refusal("::1", other) == "a loopback address"
+    elsewhere = "127.{}.{}.{}".format(*host)
+    if elsewhere != "127.0.0.1":
+        assert guard.refusal(elsewhere, allowed) == "a loopback address"
+    assert guard.refusal("127.0.0.1") == "a loopback address"  # a port not known: not exempt
+
+
+def test_an_address_and_port_exemption_lets_the_fetcher_reach_that_source_only(
+    tmp_path: Path, make_image: ImageFactory
+) -> None:
+    # As the offline demo runs: one image source on loopback, exempt by its address and port.
+    with start_source(tmp_path / "a") as allowed, start_source(tmp_path / "b") as other:
+        port = httpx.URL(allowed.base_url).port
+        settings = fetcher_settings(tmp_path / "cache", allow_private_networks=f"127.0.0.1:{port}")
+        with TestClient(create_app(settings)) as client:
+            good = client.get("/v1/image", params={"url": allowed.add("/a.jpg", Route(body=make_image()))})
+            wrong_port = client.get("/v1/image", params={"url": other.add("/b.jpg", Route(body=make_image()))})
+            wrong_host = client.get("/v1/image", params={"url": f"http://127.0.0.2:{port}/a.jpg"})
+    assert good.status_code == 200
+    assert wrong_port.status_code == 403 and _error(wrong_port) == "blocked"
+    assert wrong_host.status_code == 403 and _error(wrong_host) == "blocked"
+    assert other.requests == []
 
 
 def test_magic_bytes_recognise_the_decoded_formats_only(make_image: ImageFactory) -> None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.public import HIDDEN, redact
+from gateway.public import HIDDEN, public_model, redact
 from gateway.security_headers import PAGE_POLICY
 from gateway.settings import GatewaySettings
 from services.common.service import DOCS_POLICY
@@ -156,3 +156,17 @@ def test_a_client_writing_its_own_entries_behind_a_trusted_proxy_is_still_limite
             for n in range(4)
         ]
     assert statuses == [503, 503, 429, 429]
+
+
+@given(
+    st.lists(st.text(alphabet="abc-_.", min_size=1, max_size=8), min_size=1, max_size=5), st.sampled_from(["pt", "bin"])
+)
+def test_public_model_keeps_only_the_checkpoints_file_name(parts: list[str], suffix: str) -> None:
+    name = f"weights.{suffix}"
+    path = "/" + "/".join([*parts, name])
+    shown = public_model({"model": "hf-hub:org/model", "checkpoint": path, "dim": 8})
+    assert shown == {"model": "hf-hub:org/model", "checkpoint": name, "dim": 8}
+    assert public_model({"model": "hf-hub:org/model", "checkpoint": None}) == {
+        "model": "hf-hub:org/model",
+        "checkpoint": None,
+    }

@@ -6,9 +6,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from services.common.vocabulary import clean
 from tests.conftest import ImageFactory
 
 
@@ -88,6 +92,35 @@ def test_bad_searches_get_a_clear_4xx_before_any_service_is_called(
     assert response.json()["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("text", "Danaus plexippus"), ("record_id", "3"), ("query_id", "txt-0123")]
+)
+def test_a_photo_with_a_second_query_is_a_422_naming_both(
+    client: TestClient, make_image: ImageFactory, field: str, value: str
+) -> None:
+    files = {"image": ("a.jpg", make_image(), "image/jpeg")}
+    response = client.post("/api/search", files=files, data={field: value, "top_n": "5"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert error["details"] == [
+        {
+            "field": field,
+            "problem": f"give only one of image, text, record_id or query_id; this request gives image and {field}",
+        }
+    ]
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\ufeff", "\u200b \u2060"])
+def test_a_blank_text_beside_a_photo_is_absent_as_any_blank_field(
+    client: TestClient, make_image: ImageFactory, blank: str
+) -> None:
+    files = {"image": ("a.jpg", make_image(), "image/jpeg")}
+    response = client.post("/api/search", files=files, data={"text": blank})
+    # Past the form's checks: the photo goes to the embedder, which is down here.
+    assert response.status_code == 503 and response.json()["error"]["code"] == "embedder_unavailable"
+
+
 @pytest.mark.parametrize("path", ["/api/records/-3", "/api/records/x", "/api/images/1?size=giant"])
 def test_bad_record_paths_get_422(client: TestClient, path: str) -> None:
     response = client.get(path)
@@ -140,12 +173,48 @@ def test_ambiguous_or_invalid_json_queries_get_422(client: TestClient, body: dic
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-@pytest.mark.parametrize("params", [{}, {"text": "", "record": ""}], ids=str)
+@pytest.mark.parametrize("params", [{}, {"record": "", "q": ""}], ids=str)
 def test_a_query_string_without_a_query_names_its_own_parameters(client: TestClient, params: dict) -> None:
     response = client.get("/api/search", params=params)
     assert response.status_code == 422
     message = response.json()["error"]["message"]
     assert "text, record (a record id) or q (a query id)" in message and "record_id" not in message
+
+
+# Whitespace as str.split() knows it, and characters the vocabulary's `clean` drops (format, control).
+BLANKS = st.text(
+    alphabet=st.sampled_from(
+        " \t\n\r\x0b\x0c\x1c\x85\xa0\u1680\u2003\u2028\u2029\u202f\u3000"
+        "\ufeff\u200b\u200c\u200d\u200e\u2060\u00ad\u061c\x00\x07\x1b\x7f"
+    ),
+    max_size=40,
+)
+
+
+@pytest.fixture(scope="module")
+def down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A gateway whose services are all down (port 9): what it answers, it answers before calling one."""
+    settings = GatewaySettings(embedder_url="http://127.0.0.1:9", search_url="http://127.0.0.1:9",
+                               fetcher_url="http://127.0.0.1:9", searches_per_minute=100_000)  # fmt: skip
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@examples(max_examples=60, deadline=None)
+@given(blank=BLANKS)
+def test_a_blank_text_is_one_answer_as_json_and_in_a_query_string(down: TestClient, blank: str) -> None:
+    assert clean(blank) == ""
+    for response in (down.post("/api/search", json={"text": blank}), down.get("/api/search", params={"text": blank})):
+        assert response.status_code == 400, (blank, response.text)
+        assert response.json()["error"] == {"code": "empty_text", "message": "the text is blank"}
+
+
+@examples(max_examples=30, deadline=None)
+@given(blank=BLANKS)
+def test_a_blank_text_beside_another_query_in_a_query_string_is_absent(down: TestClient, blank: str) -> None:
+    response = down.get("/api/search", params={"text": blank, "record": "3"})
+    # The record's search was tried: search is down here.
+    assert response.status_code == 503 and response.json()["error"]["code"] == "search_unavailable"
 
 
 def test_bad_filter_in_a_query_string_gets_422(client: TestClient) -> None:

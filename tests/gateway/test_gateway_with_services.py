@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -45,6 +46,7 @@ def _row(i: int, path: tuple[str, ...], common: str) -> dict:
 @dataclass
 class Services:
     gateway: TestClient
+    checkpoint: str
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,7 @@ def services(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) ->
         # No fetcher: these searches never ask for an image (its URL is the search service's, unused).
         settings = GatewaySettings(embedder_url=embedder_url, search_url=search_url, fetcher_url=search_url)
         with TestClient(create_gateway(settings)) as gateway:
-            yield Services(gateway)
+            yield Services(gateway, str(tiny_model.checkpoint))
 
 
 def _search(services: Services, **body: object) -> dict:
@@ -171,3 +173,11 @@ def test_a_query_embedded_before_is_labelled_as_this_request_gave_it(
     assert len(ids) == 1 and labels == ["first-upload.jpg", "second-upload.jpg"]
     texts = [_search(services, record_id=None, text=text)["text"] for text in ("Morus alba", "  MORUS   alba")]
     assert texts == ["Morus alba", "MORUS alba"]
+
+
+def test_info_names_the_checkpoint_by_its_file_name_only(services: Services) -> None:
+    response = services.gateway.get("/api/info")
+    assert response.status_code == 200
+    model = response.json()["model"]
+    assert model["checkpoint"] == "tiny-test-clip.pt" and model["model"] == "tiny-test-clip"
+    assert services.checkpoint.startswith("/") and str(Path(services.checkpoint).parent) not in response.text

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, File, UploadFile
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from services.common.schemas.embedder import EmbedResponse, TextEmbedRequest
 from services.embedder.dependencies import EmbedderDep
-from services.embedder.engine import Embedder
 from services.embedder.routes import ERRORS
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from services.embedder.engine import Embedder
 
 router = APIRouter(tags=["embed"])
 
