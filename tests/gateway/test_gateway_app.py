@@ -248,8 +248,11 @@ def test_a_query_the_gateway_does_not_hold_has_no_preview(client: TestClient) ->
         ({"method": "POST", "url": "/api/search", "json": {"text": "Apis", "topn": 5}}, "topn"),
         ({"method": "POST", "url": "/api/search", "data": {"topN": "5"},
           "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, "topN"),
+        ({"method": "POST", "url": "/api/search?topn=5", "json": {"text": "Apis"}}, "query.topn"),
+        ({"method": "POST", "url": "/api/search?top_n=5", "data": {},
+          "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, "query.top_n"),
     ],
-    ids=["query-string", "json", "multipart"],
+    ids=["query-string", "json", "multipart", "post-json-query-string", "post-multipart-query-string"],
 )  # fmt: skip
 def test_an_unknown_parameter_is_a_422_naming_it_before_any_service_is_called(
     client: TestClient, kwargs: dict, field: str
