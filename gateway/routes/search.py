@@ -150,6 +150,11 @@ async def search(request: Request, searcher: SearcherDep, clients: ClientsDep, u
     Uploads in flight are bounded (`GATEWAY_MAX_CONCURRENT_UPLOADS`): one more is refused with
     503 `too_many_uploads` and `Retry-After` before its body is read.
     """
+    # POST takes its parameters in the body only: a query-string one would be silently ignored
+    # (`?topn=5` searching with the default 24), so each is refused by name, as in the body.
+    if request.query_params:
+        extra = [{"type": "extra_forbidden", "loc": ("query", name), "msg": UNKNOWN} for name in request.query_params]
+        raise RequestValidationError(extra)
     format = negotiated(request.headers.get("accept"))
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):

@@ -147,6 +147,10 @@ def _describe_validation(
     for err in exc.errors():
         where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
         problem = unknown if err.get("type") == "extra_forbidden" else err.get("msg", "invalid")
+        # A validator's own ValueError: pydantic prefixes its text with "Value error, "; the caller gets the text.
+        raised = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "value_error" and isinstance(raised, ValueError) and str(raised):
+            problem = str(raised)
         problems.append({"field": where, "problem": problem})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return summary or "invalid request", problems

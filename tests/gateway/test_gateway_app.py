@@ -248,8 +248,11 @@ def test_a_query_the_gateway_does_not_hold_has_no_preview(client: TestClient) ->
         ({"method": "POST", "url": "/api/search", "json": {"text": "Apis", "topn": 5}}, "topn"),
         ({"method": "POST", "url": "/api/search", "data": {"topN": "5"},
           "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, "topN"),
+        ({"method": "POST", "url": "/api/search?topn=5", "json": {"text": "Apis"}}, "query.topn"),
+        ({"method": "POST", "url": "/api/search?top_n=5", "data": {},
+          "files": {"image": ("a.jpg", b"x", "image/jpeg")}}, "query.top_n"),
     ],
-    ids=["query-string", "json", "multipart"],
+    ids=["query-string", "json", "multipart", "post-json-query-string", "post-multipart-query-string"],
 )  # fmt: skip
 def test_an_unknown_parameter_is_a_422_naming_it_before_any_service_is_called(
     client: TestClient, kwargs: dict, field: str
@@ -271,12 +274,14 @@ def test_two_queries_in_a_link_say_which_one_is_allowed(client: TestClient, quer
     assert response.status_code == 422
     message = response.json()["error"]["message"]
     assert "give only one of q, text or record" in message and f"this request gives {named}" in message
+    assert "Value error" not in message  # the validator's words, not pydantic's prefix
 
 
 def test_two_queries_in_a_json_body_say_which_one_is_allowed(client: TestClient) -> None:
     response = client.post("/api/search", json={"text": "Apis", "record_id": 3})
     message = response.json()["error"]["message"]
     assert "give only one of text, record_id or query_id; this request gives text and record_id" in message
+    assert "Value error" not in message  # the validator's words, not pydantic's prefix
 
 
 def test_cors_is_off_unless_origins_are_configured(client: TestClient) -> None:
