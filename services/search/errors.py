@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from services.common.errors import InvalidValue, NotFound, NotSupported
+from services.common.errors import DependencyUnavailable, InvalidValue, NotFound, NotSupported
 
 logger = logging.getLogger(__name__)
 
@@ -38,3 +38,15 @@ class UnusableVector(InvalidValue):
         super().__init__(
             f"record {record_id}'s stored vector {why}: it cannot be searched from", details={"record_id": record_id}
         )
+
+
+class MetadataUnavailable(DependencyUnavailable):
+    """DuckDB could not answer a row lookup (out of its memory limit, an I/O error): hits cannot be named now.
+
+    503 `metadata_unavailable`; out of memory is transient (other lookups end and free it), so it says when
+    to try again."""
+
+    code = "metadata_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__("metadata", message, retry_after=retry_after)

@@ -8,13 +8,16 @@ lookup a table scan, hundreds of times slower at TreeOfLife scale.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 
 from services.common.vocabulary import FILTER_RANKS, scientific_name
+from services.search.errors import MetadataUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ SIDECAR_COLUMNS = {*FILTER_RANKS, "has_url", "in_bioclip2_training"}
 IN_CHUNK = 1024
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 class MetadataOpenError(RuntimeError):
     """The metadata file is missing or not in the expected schema."""
 
@@ -81,6 +88,8 @@ class MetadataStore:
         except duckdb.Error as exc:
             raise MetadataOpenError(f"could not open {path}: {exc}") from exc
         self.path = path
+        self._lock = threading.Lock()
+        self._cursors: set[duckdb.DuckDBPyConnection] = set()
         tables = {name for (name,) in self._conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "metadata" not in tables:
             raise MetadataOpenError(f"{path} has no `metadata` table")
@@ -118,21 +127,50 @@ class MetadataStore:
     def close(self) -> None:
         self._conn.close()
 
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own, interruptible by `interrupt`; DuckDB's failures leave as MetadataUnavailable."""
+        cursor = self._conn.cursor()
+        with self._lock:
+            self._cursors.add(cursor)
+        try:
+            yield cursor
+        except duckdb.OutOfMemoryException as exc:
+            # At full size, lookups by id pin the id index's nodes (DuckDB keeps an ART index in memory once
+            # read): a small memory limit runs out (docs/benchmarks/scale.md). Other lookups ending frees some.
+            logger.warning("DuckDB is out of its memory limit: %s", _first_line(exc))
+            raise MetadataUnavailable(
+                "the metadata store (DuckDB) is out of its memory limit; try again shortly", retry_after=1
+            ) from exc
+        except duckdb.InterruptException as exc:
+            raise MetadataUnavailable("the metadata store (DuckDB) is shutting down") from exc
+        except duckdb.Error as exc:
+            logger.warning("DuckDB failed: %s", _first_line(exc))
+            raise MetadataUnavailable(f"the metadata store (DuckDB) failed: {_first_line(exc)}") from exc
+        finally:
+            with self._lock:
+                self._cursors.discard(cursor)
+            cursor.close()
+
+    def interrupt(self) -> None:
+        """Stop every query running now (at shutdown: a GROUP BY over 234M rows takes tens of seconds)."""
+        with self._lock:
+            running = list(self._cursors)
+        for cursor in running:
+            cursor.interrupt()
+
     def query(self, ids: list[int], *, narrow: bool = False) -> list[Row]:
         """Raw rows (URL parts not yet joined) for sorted ids; `narrow` leaves out what the sidecar holds."""
         select = self._select_narrow if narrow else self._select_all
         names = self._narrow_names if narrow else list(self._columns.values())
         rows: list[Row] = []
-        cursor = self._conn.cursor()
-        try:
+        with self._cursor() as cursor:
             for start in range(0, len(ids), IN_CHUNK):
                 chunk = ids[start : start + IN_CHUNK]
                 # One plain `id IN (...)` filter and nothing else, so DuckDB can use the id index.
                 placeholders = ", ".join("?" for _ in chunk)
                 result = cursor.execute(f"SELECT {select} FROM metadata WHERE id IN ({placeholders})", chunk)
                 rows += [dict(zip(names, values, strict=True)) for values in result.fetchall()]
-        finally:
-            cursor.close()
         return rows
 
     def rights(self, ids: list[int]) -> dict[int, Row]:
@@ -143,16 +181,13 @@ class MetadataStore:
         select = ", ".join(f'"{column}"::VARCHAR' for column in self.rights_columns)
         names = list(self.rights_columns.values())
         found: dict[int, Row] = {}
-        cursor = self._conn.cursor()
-        try:
+        with self._cursor() as cursor:
             for start in range(0, len(ids), IN_CHUNK):
                 chunk = sorted(ids[start : start + IN_CHUNK])
                 placeholders = ", ".join("?" for _ in chunk)
                 result = cursor.execute(f"SELECT id, {select} FROM metadata WHERE id IN ({placeholders})", chunk)
                 for record_id, *values in result.fetchall():
                     found[int(record_id)] = dict(zip(names, values, strict=True))
-        finally:
-            cursor.close()
         return found
 
     def taxon_counts(self) -> dict[str, list[tuple[str | None, int]]]:
@@ -160,8 +195,7 @@ class MetadataStore:
         by the vocabulary's rule (genus and epithet), so a row without a genus names no species. Ranks
         whose column is absent are left out. For the taxon-name index (services/search/taxa.py)."""
         counts: dict[str, list[tuple[str | None, int]]] = {}
-        cursor = self._conn.cursor()
-        try:
+        with self._cursor() as cursor:
             for rank in FILTER_RANKS:
                 if rank not in self._columns:
                     continue
@@ -173,8 +207,6 @@ class MetadataStore:
                 else:
                     found = cursor.execute(f'SELECT "{rank}", count(*) FROM metadata GROUP BY ALL').fetchall()
                     counts[rank] = [(value, int(n)) for value, n in found]
-        finally:
-            cursor.close()
         return counts
 
     def fetch_plan(self, ids: Iterable[int], *, narrow: bool = False) -> str:
@@ -185,11 +217,8 @@ class MetadataStore:
         wanted = sorted({int(i) for i in ids if i >= 0})[:IN_CHUNK]
         select = self._select_narrow if narrow else self._select_all
         literal = ", ".join(str(i) for i in wanted)
-        cursor = self._conn.cursor()
-        try:
+        with self._cursor() as cursor:
             plan = cursor.execute(f"EXPLAIN ANALYZE SELECT {select} FROM metadata WHERE id IN ({literal})").fetchall()
-        finally:
-            cursor.close()
         return "\n".join(str(part) for row in plan for part in row)
 
     def fetch(self, ids: Iterable[int]) -> dict[int, Row]:

@@ -23,6 +23,7 @@ are. A fixed seed makes the same collection give the same numbers at every start
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from services.common.schemas.search import SimilarityScale, Spread
 from services.common.vocabulary import name_key, species_key
 from services.search.index import VectorIndex
 from services.search.lookup import RecordLookup
+from services.search.metadata import Row
 from services.search.nearest import NearestIndex
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ NEIGHBOURS = 50
 # handful of records says nothing a reader should rely on.
 MIN_MEASURED = 20
 SEED = 0
+FETCH_CHUNK = 64  # rows per lookup while measuring: about what one search asks for
 
 
 class ScaleUnavailable(RuntimeError):
@@ -139,14 +142,29 @@ def measure_scale(
     ef_search: int,
     neighbours: int = NEIGHBOURS,
     seed: int = SEED,
+    stop: threading.Event | None = None,
 ) -> SimilarityScale:
     """The similarity scale of the collection (see the module doc). Raises ScaleUnavailable when the index
-    cannot be sampled or too few sampled records know their species (MIN_MEASURED)."""
+    cannot be sampled, too few sampled records know their species (MIN_MEASURED), the rows come from the
+    DuckDB fallback, or `stop` is set (checked between lookups, so a shutdown does not wait it out)."""
+    if lookup.name != "sidecar":
+        # Without the sidecar each of the ~13,000 rows is a DuckDB lookup by id, and at full size those pin the
+        # id index's nodes in DuckDB's memory for good (docs/benchmarks/scale.md): not worth a sentence.
+        raise ScaleUnavailable("it is measured with the lookup sidecar only, not with DuckDB row lookups")
     started = time.perf_counter()
+
+    def fetch(ids: list[int]) -> dict[int, Row]:
+        rows: dict[int, Row] = {}
+        for start in range(0, len(ids), FETCH_CHUNK):  # a search's worth at a time, so searches interleave
+            if stop is not None and stop.is_set():
+                raise ScaleUnavailable("the service is stopping")
+            rows |= lookup.fetch(ids[start : start + FETCH_CHUNK])
+        return rows
+
     sample = sample_stored(index, samples, seed)
     usable = np.isfinite(sample.vectors).all(axis=1) & (np.linalg.norm(sample.vectors, axis=1) > 0)
     ids, vectors = sample.ids[usable], sample.vectors[usable]
-    rows = lookup.fetch(ids.tolist())
+    rows = fetch(ids.tolist())
     species = [species_key(rows[i]) if i in rows else None for i in ids.tolist()]
     known = np.asarray([key is not None for key in species], dtype=bool)
     if int(known.sum()) < MIN_MEASURED:
@@ -157,7 +175,7 @@ def measure_scale(
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     found = index.search(vectors, neighbours + 1, nprobe, ef_search)
-    neighbour_rows = lookup.fetch(np.unique(found.ids[found.ids >= 0]).tolist())
+    neighbour_rows = fetch(np.unique(found.ids[found.ids >= 0]).tolist())
     same: list[float] = []
     other_genus: list[float] = []
     for position, record_id in enumerate(ids.tolist()):

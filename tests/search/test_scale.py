@@ -93,6 +93,21 @@ def test_milvus_backend_serves_without_a_scale_and_says_why(
     assert not [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("services.")]
 
 
+def test_no_scale_with_duckdb_row_lookups_and_the_log_says_why(
+    tmp_path: Path, clustered_rows: tuple[np.ndarray, list[dict[str, Any]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the sidecar every neighbour's row would be a DuckDB lookup by id, pinning index memory at full size."""
+    vectors, rows = clustered_rows
+    collection = write_collection(tmp_path, vectors, rows)
+    settings = collection.settings(use_sidecar=False, similarity_scale_samples=200)
+    with caplog.at_level("INFO", logger="services.search.app"), TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 20
+        while "similarity scale" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/v1/stats").json()["similarity_scale"] is None
+    assert "with the lookup sidecar only" in caplog.text
+
+
 def test_scale_follows_the_vectors_not_the_names(
     tmp_path: Path, clustered_rows: tuple[np.ndarray, list[dict[str, Any]]]
 ) -> None:
