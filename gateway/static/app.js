@@ -493,7 +493,9 @@
     renderConsensus(result);
     renderTree(result.tree);
     renderHits(result);
-    if (!similarityScaleKnown) loadInfo({ retry: true });
+    searchKind = result.query;
+    if (similarityScaleKnown) showSimilarityScale(similarityScale);
+    else loadInfo({ retry: true });
   }
 
   function queryLabel(result) {
@@ -1272,7 +1274,15 @@
   }
 
   // What is high for this model and collection, as the search service measured it on its own records;
-  // nothing at all when it has not (no taxonomy, too few records): no number is made up here.
+  // nothing at all when it has not (no taxonomy, too few records): no number is made up here. The figures
+  // are photo against photo: a search by name (a name's vector against photos') scores far lower, so the
+  // note says so there instead of making every name search look like a miss.
+  let similarityScale = null;
+  let searchKind = null;
+
+  // Rounded down to the cards' 3 places: a bound never reads higher than measured (0.9996 is not "1.000").
+  const floor3 = (v) => (Math.floor(v * 1000) / 1000).toFixed(3);
+
   function showSimilarityScale(scale) {
     const same = scale && scale.same_species;
     const unrelated = scale && scale.other_genera;
@@ -1282,11 +1292,17 @@
       els.similarityScale.textContent = "";
       return;
     }
+    similarityScale = scale;
     similarityScaleKnown = true;
+    const photos =
+      `the nearest other photo of the same species typically scores above ${floor3(same.p25)} (3 in 4 do; ` +
+      `median ${floor3(same.median)}); photos of other genera score around ${floor3(unrelated.median)}. ` +
+      `Measured on ${plural(scale.samples, "record")} of the collection.`;
     els.similarityScale.textContent =
-      ` For this model and collection, the nearest other photo of the same species typically scores above ` +
-      `${same.p25.toFixed(2)} (3 in 4 do; median ${same.median.toFixed(2)}); photos of other genera score ` +
-      `around ${unrelated.median.toFixed(2)}. Measured on ${plural(scale.samples, "record")} of the collection.`;
+      searchKind === "text"
+        ? ` This search is by name: a name against photos scores far lower than a photo against photos, so ` +
+          `only the order of these hits counts. For this model and collection, photo against photo, ${photos}`
+        : ` For this model and collection, ${photos}`;
     els.similarityScale.hidden = false;
   }
 

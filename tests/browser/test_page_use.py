@@ -4,9 +4,9 @@ the collection, the caps, examples, errors as the server wrote them, and a refus
 
 from __future__ import annotations
 
+import math
 import re
 import time
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -160,9 +160,9 @@ def test_an_error_is_shown_as_the_server_wrote_it(page: Page, stack: Stack, tmp_
     expect(page.locator("#error")).to_have_text(re.compile(r"^photo\.jpg: "))
 
 
-def _js_fixed(value: float) -> str:
-    """JavaScript's toFixed(2): the exact binary value, a tie rounded up."""
-    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+def _floor3(value: float) -> str:
+    """The page's floor3: rounded down to 3 places (the same float arithmetic as JavaScript's)."""
+    return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
 def _measured_scale(stack: Stack, seconds: float = 30) -> dict:
@@ -181,17 +181,30 @@ def test_the_similarity_note_states_once_what_is_high_for_this_model_and_collect
     note = page.locator("#similarity-scale")
     expect(note).to_be_visible()
     same, unrelated = scale["same_species"], scale["other_genera"]
-    expect(note).to_have_text(
-        f"For this model and collection, the nearest other photo of the same species typically scores above "
-        f"{_js_fixed(same['p25'])} (3 in 4 do; median {_js_fixed(same['median'])}); photos of other genera score "
-        f"around {_js_fixed(unrelated['median'])}. Measured on {scale['samples']} records of the collection.",
-        use_inner_text=True,
+    photos = (
+        f"the nearest other photo of the same species typically scores above {_floor3(same['p25'])} (3 in 4 do; "
+        f"median {_floor3(same['median'])}); photos of other genera score around {_floor3(unrelated['median'])}. "
+        f"Measured on {scale['samples']} records of the collection."
     )
+    expect(note).to_have_text(f"For this model and collection, {photos}", use_inner_text=True)
     assert scale["samples"] == len(stack.rows)  # the demo is smaller than the sample: every record
-    # Once on the page, near the hits: not per card, and still once after another search.
+    # A cosine never passes 1, and a bound is never shown above what was measured.
+    figures = [float(f) for f in re.findall(r"\d\.\d{3}", note.inner_text())]
+    assert len(figures) == 3 and all(f <= 1 for f in figures)
+    assert figures[0] <= same["p25"] and figures[1] <= same["median"]
+    # Once on the page, near the hits: not per card, and still once after a search by name, where it says
+    # that a name scores far lower against photos than a photo does.
     page.fill("#text-input", "tiger")
     search_by(page, lambda: page.press("#text-input", "Enter"))
     assert page.get_by_text("For this model and collection").count() == 1
+    expect(note).to_have_text(
+        "This search is by name: a name against photos scores far lower than a photo against photos, so only the "
+        f"order of these hits counts. For this model and collection, photo against photo, {photos}",
+        use_inner_text=True,
+    )
+    # Back to a photo: the photo wording again.
+    upload(page, photo(stack, published(stack)))
+    expect(note).to_have_text(f"For this model and collection, {photos}", use_inner_text=True)
     assert page.locator("#similarity-note").evaluate("n => n.nextElementSibling.className") == "result-layout"
 
 
