@@ -247,7 +247,12 @@ def load_collection(
         timings["insert_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         vector_index = client.prepare_index_params()
-        vector_index.add_index(VECTOR_FIELD, index_type=index_type, metric_type="IP", params=params)
+        # pymilvus sends each build parameter as its own key, which Milvus servers read; milvus-lite reads only
+        # the JSON `params` key (the older form, which servers still accept) and would otherwise build its
+        # defaults (IVF: 128 lists, where the service would probe only the `nlist` it was told). Send both.
+        vector_index.add_index(
+            VECTOR_FIELD, index_type=index_type, metric_type="IP", params={**params, "params": dict(params)}
+        )
         client.create_index(collection, vector_index)
         timings["index_s"] = time.perf_counter() - tick
         tick = time.perf_counter()

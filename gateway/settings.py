@@ -30,6 +30,13 @@ def check_base_url(entry: str) -> str:
     return url.rstrip("/")
 
 
+def _replica_key(url: str) -> tuple[str, str, int, str]:
+    """What makes two base URLs the same replica: scheme and host in any case, the port with its default."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80), parts.path
+
+
 def base_urls(value: str) -> list[str]:
     """The base URLs of a comma-separated setting, each without a trailing slash."""
     return [check_base_url(entry) for entry in value.split(",")]
@@ -155,7 +162,9 @@ class GatewaySettings(ServiceSettings):
     @classmethod
     def _replica_urls(cls, value: str) -> str:
         urls = [check_base_url(entry) for entry in value.split(",")]
-        repeated = sorted({url for url in urls if urls.count(url) > 1})
+        # One replica spelled two ways (a default port written out, capitals in the scheme or host) is still one.
+        keys = [_replica_key(url) for url in urls]
+        repeated = sorted({url for url, key in zip(urls, keys, strict=True) if keys.count(key) > 1})
         if repeated:
             raise ValueError(f"{repeated[0]} is listed twice; list each replica once")
         return value

@@ -132,13 +132,27 @@ def connect(uri: str, *, token: str | None = None, timeout: float | None = None)
         raise MilvusOpenError(f"could not reach Milvus at {uri}: {exc}") from exc
 
 
+def _call_errors() -> tuple[type[Exception], ...]:
+    """What a Milvus call raises when Milvus fails: pymilvus's errors, and gRPC's own, which pymilvus passes on
+    unwrapped for a call that runs out of time (DEADLINE_EXCEEDED) or a channel that breaks under it."""
+    import grpc
+    from pymilvus.exceptions import MilvusException
+
+    return (MilvusException, grpc.RpcError)
+
+
 def _as_dependency_error(exc: Exception) -> DependencyFailed:
+    import grpc
+    from pymilvus.client.types import Status
     from pymilvus.exceptions import ConnectError, MilvusUnavailableException
 
     text = str(exc)
-    if "DEADLINE_EXCEEDED" in text or "timed out" in text.lower():
+    code = exc.code() if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) else None
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "DEADLINE_EXCEEDED" in text or "timed out" in text.lower():
         return DependencyTimeout(SERVICE, f"Milvus did not answer in time: {text}")
-    if isinstance(exc, ConnectError | MilvusUnavailableException) or "UNAVAILABLE" in text:
+    # pymilvus reports a server it cannot (re)connect to as a plain MilvusException with CONNECT_FAILED.
+    unreachable = getattr(exc, "code", None) == Status.CONNECT_FAILED or code == grpc.StatusCode.UNAVAILABLE
+    if unreachable or isinstance(exc, ConnectError | MilvusUnavailableException) or "UNAVAILABLE" in text:
         return DependencyUnavailable(SERVICE, f"Milvus is unavailable: {text}")
     return DependencyFailed(SERVICE, f"Milvus failed: {text}")
 
@@ -250,8 +264,6 @@ class MilvusIndex:
         self, queries: np.ndarray, k: int, nprobe: int, ef_search: int, criteria: Criteria | None = None
     ) -> Neighbours:
         """The k nearest of each normalised query that pass `criteria`, filtered by Milvus during the search."""
-        from pymilvus.exceptions import MilvusException
-
         k = max(1, min(k, self._size, MAX_TOP_K)) if self._size else 1
         used = self.clamp_nprobe(nprobe)
         ef = max(ef_search, k) if self.index_type in GRAPH_TYPES else None
@@ -267,7 +279,7 @@ class MilvusIndex:
                 self.collection, data=queries.tolist(), limit=k, filter=expression, output_fields=[],
                 search_params={"metric_type": self._metric, "params": params}, timeout=self.timeout,
             )  # fmt: skip
-        except MilvusException as exc:
+        except _call_errors() as exc:
             raise _as_dependency_error(exc) from exc
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         similarities = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -282,13 +294,11 @@ class MilvusIndex:
 
     def reconstruct(self, record_id: int) -> StoredVector:
         """The vector as loaded: exact when loaded from the original vectors, else the decoded approximation."""
-        from pymilvus.exceptions import MilvusException
-
         if record_id < 0:
             raise UnknownRecord(f"the index holds no vector with id {record_id}")
         try:
             rows = self.client.get(self.collection, ids=[int(record_id)], output_fields=[VECTOR_FIELD])
-        except MilvusException as exc:
+        except _call_errors() as exc:
             raise _as_dependency_error(exc) from exc
         if not rows:
             raise UnknownRecord(f"the index holds no vector with id {record_id}")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -176,7 +177,18 @@ _urls = st.builds(
 )
 
 
-@given(urls=st.lists(_urls, min_size=1, max_size=5, unique_by=lambda u: u.rstrip("/")))
+def _same_replica(url: str) -> tuple[str, str, int, str]:
+    """Two URLs for one replica (`http://a` and `http://a:80/`) are one entry: a list never holds both."""
+    parts = urlsplit(url)
+    return (
+        parts.scheme,
+        parts.hostname or "",
+        parts.port or (443 if parts.scheme == "https" else 80),
+        parts.path.rstrip("/"),
+    )
+
+
+@given(urls=st.lists(_urls, min_size=1, max_size=5, unique_by=_same_replica))
 def test_a_comma_separated_list_of_base_urls_is_read_as_replicas(urls: list[str]) -> None:
     settings = GatewaySettings(embedder_url=",".join(urls), search_url=" , ".join(urls))
     expected = [url.rstrip("/") for url in urls]
@@ -193,6 +205,10 @@ def test_a_comma_separated_list_of_base_urls_is_read_as_replicas(urls: list[str]
         ("embedder_url", "http://a:99999", "is not an http(s) base URL"),
         ("embedder_url", "http://a:8001/?x=1", "is not an http(s) base URL"),
         ("embedder_url", "http://a:8001,http://a:8001/", "listed twice"),
+        # The same replica spelled twice: a default port written out, the scheme or host in capitals.
+        ("embedder_url", "http://a:80,http://a", "listed twice"),
+        ("search_url", "https://a,https://a:443/", "listed twice"),
+        ("search_url", "http://a:8002,HTTP://A:8002", "listed twice"),
         ("fetcher_url", "http://a:8003,http://b:8003", "one fetcher process owns the per-domain"),
     ],
 )

@@ -82,3 +82,18 @@ def test_filter_expression_names_only_schema_fields_and_integer_codes() -> None:
     quote = Criteria(scope="all", filters=(TaxonFilter(rank="genus", value='x" or true or "'),))
     assert filter_expression(quote) == f"taxon_genus == {taxon_code(quote.filters[0].key)}"
     assert filter_expression(Criteria()) == ""
+
+
+def test_an_ivf_flat_load_is_built_with_the_lists_the_search_service_probes(tmp_path: Path, milvus: MilvusLite) -> None:
+    # 400 vectors: the loader asks for 400 // 39 = 10 lists, and the service probes all 10 by default. Milvus must
+    # build those 10 (milvus-lite's own default is 128, of which 10 would see about a thirteenth of the vectors).
+    vectors = unit_vectors(400, 16, seed=21)
+    collection = write_collection(tmp_path, vectors, rows_for(400))
+    queries = unit_vectors(5, 16, seed=22)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    with TestClient(create_app(collection.settings(**milvus.settings(collection, "IVF_FLAT")))) as client:
+        stats = client.get("/v1/stats").json()
+        assert stats["index_type"] == "Milvus IVF_FLAT" and stats["nlist"] == 10 == stats["default_nprobe"]
+        results = client.post("/v1/search", json={"vectors": queries.tolist(), "top_n": 10}).json()["results"]
+    found = [[hit["record"]["id"] for hit in result["hits"]] for result in results]
+    assert found == exact.tolist()
