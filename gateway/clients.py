@@ -98,8 +98,11 @@ class ServiceClients:
     def _timeout(self, read: float) -> httpx.Timeout:
         return httpx.Timeout(connect=min(self.settings.connect_timeout, read), read=read, write=read, pool=read)
 
-    async def _call(self, service: str, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
-        """One idempotent call, queueing included, within `timeout` seconds (the request's deadline)."""
+    async def _call(
+        self, service: str, method: str, path: str, timeout: float, *, cheap: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One idempotent call, queueing included, within `timeout` seconds (the request's deadline). `cheap`: a
+        call every live replica answers at once, so a replica that times out on it is left out as stalled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         headers = kwargs.pop("headers", None) or {}
@@ -114,7 +117,7 @@ class ServiceClients:
 
         async with self.slots[service].hold(deadline):
             with upstream(service):
-                response = await self.upstreams[service].call(send, deadline=deadline)
+                response = await self.upstreams[service].call(send, deadline=deadline, cheap=cheap)
         raise_for_upstream(service, response)
         return response
 
@@ -201,7 +204,7 @@ class ServiceClients:
     async def json_or_none(self, service: str, path: str) -> dict[str, Any] | None:
         """A service's JSON answer, or None when it cannot give one (for informational answers)."""
         try:
-            response = await self._call(service, "GET", path, self.settings.connect_timeout)
+            response = await self._call(service, "GET", path, self.settings.connect_timeout, cheap=True)
         except DomainError as exc:
             logger.info("%s%s unavailable: %s", service, path, exc.message)
             return None

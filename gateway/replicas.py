@@ -245,8 +245,11 @@ class Upstream:
                 self._addresses[i] = addresses
         self.replicas.update(self._specs())
 
-    async def _one(self, replica: Replica, send: Callable[[Replica], Awaitable[httpx.Response]]) -> httpx.Response:
-        """`send(replica)`, counted, its failure or answer recorded in the replica's state."""
+    async def _one(
+        self, replica: Replica, send: Callable[[Replica], Awaitable[httpx.Response]], *, cheap: bool = False
+    ) -> httpx.Response:
+        """`send(replica)`, counted, its failure or answer recorded in the replica's state. `cheap`: a call any
+        live replica answers at once (/readyz, /v1/stats), so a time-out means stalled and leaves it out."""
         self.replicas.begin(replica)
         outcome = "cancelled"
         try:
@@ -266,8 +269,11 @@ class Upstream:
             outcome = "dropped"
             self._down(replica, f"dropped the connection ({describe(exc)})")
             raise
-        except httpx.TimeoutException:
-            outcome = "timeout"  # slow, not gone: the replica stays up
+        except httpx.TimeoutException as exc:
+            outcome = "timeout"
+            if cheap:  # a stalled process (SIGSTOP, a hung event loop): without this every call kept trying it
+                self._down(replica, f"did not answer a cheap call in time ({describe(exc)})")
+            # Otherwise slow, not gone: a search may take long; the replica stays up.
             raise
         except httpx.HTTPError:
             outcome = "error"
@@ -280,15 +286,19 @@ class Upstream:
         logger.warning("%s replica %s %s: left out for %.1f s", self.service, replica.url, reason, wait)
 
     async def call(
-        self, send: Callable[[Replica], Awaitable[httpx.Response]], *, deadline: float | None = None
+        self,
+        send: Callable[[Replica], Awaitable[httpx.Response]],
+        *,
+        deadline: float | None = None,
+        cheap: bool = False,
     ) -> httpx.Response:
         """An idempotent call, `send(replica)`, on the replica `pick` gives, moving on when it fails.
 
         A connection that could not be made goes on to each replica not yet tried (nothing was sent);
         a replica answering 503 too, while one not yet tried is left; a connection dropped under the
         call is sent once more (services/common/http.py's `send_idempotent`), on another replica when
-        there is one. No new try starts after `deadline` (event-loop time). The last failure is raised
-        (httpx's exception) or the last 503 returned when every replica failed."""
+        there is one. No new try starts after `deadline` (event-loop time). `cheap`: see `_one`. The last
+        failure is raised (httpx's exception) or the last 503 returned when every replica failed."""
         loop = asyncio.get_running_loop()
         tried: set[Replica] = set()
 
@@ -308,7 +318,7 @@ class Upstream:
                     raise failure
                 tried.add(replica)
                 try:
-                    response = await self._one(replica, send)
+                    response = await self._one(replica, send, cheap=cheap)
                 except CONNECT_FAILURES as exc:
                     failure = exc
                     continue
@@ -326,7 +336,7 @@ class Upstream:
 
         async def one(replica: Replica) -> httpx.Response | httpx.HTTPError:
             try:
-                return await self._one(replica, send)
+                return await self._one(replica, send, cheap=True)
             except httpx.HTTPError as exc:
                 return exc
 

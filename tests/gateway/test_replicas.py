@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -245,6 +246,8 @@ def _handler(seen: list[str], modes: list[str], index: int) -> type[BaseHTTPRequ
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             seen.append(self.headers.get("Host", ""))
+            if mode == "stall":  # a SIGSTOPped process: the connection is accepted, nothing answers in time
+                time.sleep(1.5)
             status = 503 if mode == "503" else 200
             body = json.dumps({"replica": index, "reason": "loading"}).encode()
             self.send_response(status)
@@ -286,11 +289,14 @@ def _refused_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed again: nothing listens there
 
 
-def _calls(upstream: Upstream, count: int, path: str = "/v1/thing") -> list[int]:
-    """`count` calls one after another through `upstream`; the replica index each answer came from."""
+def _calls(
+    upstream: Upstream, count: int, path: str = "/v1/thing", *, cheap: bool = False, read: float = 5
+) -> list[int]:
+    """`count` calls one after another through `upstream`; the replica index each answer came from (0 - status
+    for an error answer, -1 for a time-out)."""
 
     async def run() -> list[int]:
-        client = make_async_client(connect=2, read=5, max_connections=8, user_agent="test")
+        client = make_async_client(connect=2, read=read, max_connections=8, user_agent="test")
         async with client:
 
             async def send(replica: Replica) -> httpx.Response:
@@ -299,7 +305,11 @@ def _calls(upstream: Upstream, count: int, path: str = "/v1/thing") -> list[int]
 
             answers = []
             for _ in range(count):
-                answer = await upstream.call(send)
+                try:
+                    answer = await upstream.call(send, cheap=cheap)
+                except httpx.TimeoutException:
+                    answers.append(-1)
+                    continue
                 answers.append(answer.json()["replica"] if answer.status_code == 200 else -answer.status_code)
             return answers
 
@@ -337,6 +347,29 @@ def test_a_replica_dropping_the_connection_or_answering_503_is_retried_on_anothe
     dropped, unavailable, _ = list(upstream.replicas)
     assert dropped.requests["dropped"] >= 1 and "dropped the connection" in str(dropped.reason)
     assert unavailable.requests == {"unavailable": 1} and "503" in str(unavailable.reason)
+
+
+def test_a_stalled_replica_is_left_out_after_one_cheap_call_times_out() -> None:
+    """A SIGSTOPped search: its /v1/stats (cheap) times out once, then calls go to the live replica only."""
+    with replicas_on(["127.0.0.1", "127.0.0.1"]) as running:
+        running.modes[0] = "stall"
+        upstream = _upstream([running.url(i) for i in range(2)], backoff=30.0)
+        answers = _calls(upstream, 8, cheap=True, read=0.5)
+    stalled, live = list(upstream.replicas)
+    assert answers.count(-1) <= 1 and answers.count(1) >= 7
+    assert stalled.requests == {"timeout": 1} and "did not answer a cheap call in time" in str(stalled.reason)
+    assert live.requests["answered"] >= 7
+
+
+def test_a_slow_answer_to_an_ordinary_call_leaves_the_replica_up() -> None:
+    """A search may take long: its time-out is the caller's answer, not a reason to leave the replica out."""
+    with replicas_on(["127.0.0.1", "127.0.0.1"]) as running:
+        running.modes[0] = "stall"
+        upstream = _upstream([running.url(i) for i in range(2)], backoff=30.0)
+        answers = _calls(upstream, 4, read=0.5)
+    stalled, _ = list(upstream.replicas)
+    assert answers.count(-1) == 2 and answers.count(1) == 2  # taken in turn: the slow one stays in
+    assert stalled.requests == {"timeout": 2} and stalled.reason is None
 
 
 def test_only_when_every_replica_is_down_does_the_call_fail() -> None:
