@@ -13,6 +13,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+NOT_READY_RETRY_SECONDS = 2  # a model or an index loads in seconds; asking every 2 s costs nothing
+
+
 class DomainError(Exception):
     """A failure with a known meaning. `code` is the stable word clients see; `message` says what happened.
 
@@ -110,9 +113,14 @@ class Unavailable(DomainError):
 
 
 class NotReady(Unavailable):
-    """Start-up has not finished: the heavy resources are still loading."""
+    """Start-up has not finished: the heavy resources are still loading. Says when to ask again (`retry_after`,
+    default NOT_READY_RETRY_SECONDS), so a client backs off instead of retrying at once."""
 
     code = "not_ready"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_after", NOT_READY_RETRY_SECONDS)
+        super().__init__(message, **kwargs)
 
 
 class DependencyFailed(DomainError):

@@ -39,6 +39,7 @@ def test_health_answers_and_readiness_waits_while_the_model_loads(
         assert readiness.json() == {"ready": False, "service": "embedder", "reason": "loading the model"}
         early = client.post("/v1/embed/image", files=[("images", ("a.jpg", make_image(), "image/jpeg"))])
         assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+        assert early.headers["retry-after"] == "2"  # a client is told when to ask again
         assert client.get("/v1/model").status_code == 503
         gate.set()
         wait_ready(client)
