@@ -258,20 +258,21 @@
       [els.maxPerSpecies, `Per species must be a whole number from ${els.maxPerSpecies.min} to ${els.maxPerSpecies.max}, or blank.`],
       [els.maxPerSource, `Per source record must be a whole number from ${els.maxPerSource.min} to ${els.maxPerSource.max}, or blank.`],
     ];
+    // Nothing is searched: the previous search's "N hits in …" would read as this one's outcome.
+    const refuse = (message, input) => {
+      setStatus("");
+      showError(message);
+      input.focus();
+      return null;
+    };
     for (const [input, message] of checks) {
-      if (!input.checkValidity()) {
-        showError(message);
-        input.focus();
-        return null;
-      }
+      if (!input.checkValidity()) return refuse(message, input);
     }
     let filters;
     try {
       filters = parseFilters(els.filters.value);
     } catch (err) {
-      showError(err.message);
-      els.filters.focus();
-      return null;
+      return refuse(err.message, els.filters);
     }
     const number = (input) => (input.value.trim() === "" ? null : Number(input.value));
     return {

@@ -325,9 +325,12 @@ def test_taxon_filter_keeps_only_that_taxon_and_a_bad_filter_is_explained(page: 
     assert result["hits"] and all(hit["taxonomy"]["order"] == "Lepidoptera" for hit in result["hits"])
     assert card_ids(page) == hit_ids(result)
     assert "filter=order%3ALepidoptera" in page.url
+    expect(page.locator("#status")).to_contain_text("hits in")
     page.fill("#filters", "Lepidoptera")
     page.press("#filters", "Enter")
     expect(page.locator("#error")).to_contain_text("is not a taxon filter")
+    # Nothing was searched: the previous search's summary does not stand beside the error as its outcome.
+    expect(page.locator("#status")).to_have_text("")
 
 
 def test_keyboard_tab_reaches_a_card_and_enter_opens_the_detail(page: Page, stack: Stack) -> None:
