@@ -17,12 +17,18 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collection", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser: `parse_args(argv).command` names the subcommand (deployment files are
+    checked against it in the tests)."""
+    found = argparse.ArgumentParser(prog="python -m collection", description=__doc__.split("\n")[0])
+    commands = found.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         module.add_arguments(commands.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__))
-    args = parser.parse_args(argv)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return COMMANDS[args.command].run(args)
 

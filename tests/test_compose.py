@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from collection.__main__ import COMMANDS as COLLECTION_COMMANDS
+from collection.__main__ import parser as collection_parser
 from services.common.settings import ServiceSettings
 from stack.processes import READINESS_PATH, SERVICES
 from stack.proxy import DEFAULTS as PROXY_DEFAULTS
@@ -654,11 +655,7 @@ def data_command() -> argparse.Namespace:
     command = compose_service("data")["command"]
     assert command[:3] == ["python", "-m", "collection"]
     assert image_of("data").cmd == command
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in COLLECTION_COMMANDS.items():
-        module.add_arguments(commands.add_parser(name))
-    args = parser.parse_args(command[3:])
+    args = collection_parser().parse_args(command[3:])
     assert args.command == "download"
     return args
 

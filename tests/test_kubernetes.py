@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from collection.__main__ import COMMANDS as COLLECTION_COMMANDS
+from collection.__main__ import parser as collection_parser
 from stack.processes import READINESS_PATH, SERVICES
 from stack.proxy import TEMPLATE as PROXY_TEMPLATE
 from stack.proxy import variables
@@ -332,11 +332,7 @@ def download_command() -> argparse.Namespace:
     (spec,) = job["spec"]["template"]["spec"]["containers"]
     command = spec["command"]
     assert command[:3] == ["python", "-m", "collection"]
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in COLLECTION_COMMANDS.items():
-        module.add_arguments(commands.add_parser(name))
-    args = parser.parse_args(command[3:])
+    args = collection_parser().parse_args(command[3:])
     assert args.command == "download"
     return args
 
