@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -417,17 +416,10 @@ def measure_service(
 
 
 def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
-    import duckdb
-    import faiss
+    """bench.search's description of the machine; the load and the date are recorded per step (`beside`)."""
+    from bench.search import machine as described
 
-    with open("/proc/meminfo") as handle:
-        mem_kb = int(handle.readline().split()[1])
-    return {
-        "cpu": model, "cores": os.cpu_count(), "ram_gb": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-        "faiss": faiss.__version__, "duckdb": duckdb.__version__, "numpy": np.__version__,
-    }  # fmt: skip
+    return {k: v for k, v in described().items() if k not in ("load_average_at_start", "date")}
 
 
 def load_results() -> list[dict[str, Any]]:
