@@ -540,7 +540,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reserve",
         type=parse_size,
         default=parse_size("1GB"),
-        help="disk space to keep free (default 1GB); refuse before downloading when it would be used",
+        help="disk space to keep free, e.g. 500MB or 2GB (default 1GB): nothing is downloaded when the files to "
+        "fetch plus the derived files (the sidecar, the coarse graph) would leave less free on any disk they go to",
     )
 
 
