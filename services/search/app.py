@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,12 +23,16 @@ from services.search.nearest import NearestIndex
 from services.search.routes import records, search, stats, taxa
 from services.search.scale import ScaleUnavailable, measure_scale
 from services.search.settings import SearchSettings
-from services.search.taxa import TaxonIndex
+from services.search.taxa import TaxaError, TaxonIndex
 
 logger = logging.getLogger(__name__)
 
 # The search errors' statuses beyond the shared kinds' (UnknownRecord 404, DimensionMismatch 422,
 # NotReconstructable 501 come from theirs); the note names the setting an operator changes.
+# A transient failure to load the taxon names (DuckDB out of its memory limit) is tried again after this many
+# seconds, doubling each time up to the maximum.
+TAXA_RETRY_S = 5.0
+TAXA_RETRY_MAX_S = 300.0
 ERROR_STATUS: StatusTable = {NoDirectMap: Status(501, note="SEARCH_DIRECT_MAP=off")}
 
 
@@ -67,21 +72,45 @@ def open_engine(settings: SearchSettings) -> SearchEngine:
 
 
 def open_taxa(engine: SearchEngine) -> TaxonIndex:
-    """Every taxon name of the collection, with counts, from a GROUP BY per rank over the metadata."""
-    names = TaxonIndex.from_counts(engine.lookup.store.taxon_counts())
+    """Every taxon name of the collection, with counts (from the sidecar's codes, or a GROUP BY per rank)."""
+    names = TaxonIndex.from_counts(engine.lookup.taxon_counts())
     logger.info("taxon names: %d", len(names))
     return names
 
 
 async def load_taxa(app: FastAPI) -> None:
-    try:
-        app.state.taxa = await app.state.pool.run(open_taxa, app.state.engine)
-    except MetadataUnavailable as exc:  # interrupted at shutdown, or DuckDB failed: said once, no traceback
-        logger.warning("the taxon names were not loaded: %s", exc.message)
-        app.state.taxa_error = f"the taxon names could not be loaded: {exc.message}"
-    except Exception:  # the service still searches; the suggestions stay unavailable and say so
-        logger.exception("could not load the taxon names")
-        app.state.taxa_error = "the taxon names could not be loaded (see the search service's log)"
+    """Load the taxon names in the pool; a transient failure (DuckDB out of memory) is tried again after
+    TAXA_RETRY_S, doubling to TAXA_RETRY_MAX_S, and /v1/taxa says so with a Retry-After until it works."""
+    delay = TAXA_RETRY_S
+    while True:
+        try:
+            app.state.taxa = await app.state.pool.run(open_taxa, app.state.engine)
+            app.state.taxa_error = None
+            return
+        except MetadataUnavailable as exc:  # interrupted at shutdown, or DuckDB failed: said once, no traceback
+            stopping: threading.Event = app.state.stopping
+            if stopping.is_set():
+                return
+            if exc.retry_after is None:
+                logger.warning("the taxon names were not loaded: %s", exc.message)
+                app.state.taxa_error = TaxaError(f"the taxon names could not be loaded: {exc.message}")
+                return
+            logger.warning("the taxon names were not loaded (%s); trying again in %.0f s", exc.message, delay)
+            app.state.taxa_error = TaxaError(
+                f"the taxon names could not be loaded ({exc.message}); the search service tries again",
+                retry_at=time.monotonic() + delay,
+            )
+            # In steps, so that a shutdown does not wait out the delay.
+            until = time.monotonic() + delay
+            while time.monotonic() < until:
+                if stopping.is_set():
+                    return
+                await asyncio.sleep(min(0.2, max(until - time.monotonic(), 0)))
+            delay = min(2 * delay, TAXA_RETRY_MAX_S)
+        except Exception:  # the service still searches; the suggestions stay unavailable and say so
+            logger.exception("could not load the taxon names")
+            app.state.taxa_error = TaxaError("the taxon names could not be loaded (see the search service's log)")
+            return
 
 
 async def load_scale(app: FastAPI, settings: SearchSettings) -> None:

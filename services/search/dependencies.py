@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -9,8 +11,9 @@ from fastapi import Depends, Request
 from services.common.errors import NotReady
 from services.common.service import BlockingPool
 from services.search.engine import SearchEngine
+from services.search.errors import MetadataUnavailable
 from services.search.settings import SearchSettings
-from services.search.taxa import TaxonIndex
+from services.search.taxa import TaxaError, TaxonIndex
 
 
 def get_engine(request: Request) -> SearchEngine:
@@ -23,8 +26,13 @@ def get_engine(request: Request) -> SearchEngine:
 def get_taxa(request: Request) -> TaxonIndex:
     taxa = getattr(request.app.state, "taxa", None)
     if taxa is None:
-        reason = getattr(request.app.state, "taxa_error", None)
-        raise NotReady(reason or "the taxon names are not loaded yet")
+        failed: TaxaError | None = getattr(request.app.state, "taxa_error", None)
+        if failed is not None:
+            # Loading failed: not "not ready", whose Retry-After a client would follow forever; a Retry-After only
+            # while the service will try again.
+            retry = None if failed.retry_at is None else max(1.0, math.ceil(failed.retry_at - time.monotonic()))
+            raise MetadataUnavailable(failed.message, retry_after=retry)
+        raise NotReady("the taxon names are not loaded yet")
     return taxa
 
 

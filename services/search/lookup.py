@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from services.common.vocabulary import FILTER_RANKS, SCOPES, TaxonFilter, name_key
+from services.common.vocabulary import FILTER_RANKS, SCOPES, TaxonFilter, name_key, scientific_name
 from services.search.filters import Criteria, row_matches, species_key
 from services.search.metadata import MetadataStore, Row, complete_row
 
@@ -60,6 +60,11 @@ BINOMIAL = "genus epithet"  # the key of binomial names among the ranks' names
 # What name_key does to printable ASCII (nearly every TreeOfLife name), done by Arrow on a whole column:
 # lower-case, space runs as one, trimmed. In printable ASCII the space is the only whitespace.
 _PRINTABLE_ASCII = r"^[ -~]*$"
+
+
+# Per filter rank, its distinct names (None: no name) with how many records carry each.
+TaxonCounts = dict[str, list[tuple[str | None, int]]]
+COUNT_CHUNK = 8_388_608  # ids counted at a time: 32 MB of codes, 64 MB as intp
 
 
 class SidecarError(RuntimeError):
@@ -167,6 +172,10 @@ class RecordLookup(Protocol):
         """DuckDB's executed plan for this lookup's row query (an index scan, or nothing to ask)."""
         ...
 
+    def taxon_counts(self) -> TaxonCounts:
+        """Each filter rank's distinct names with their record counts (a species as "Genus epithet")."""
+        ...
+
 
 class DuckDBLookup:
     """Candidates' whole rows from DuckDB, judged in Python."""
@@ -181,6 +190,9 @@ class DuckDBLookup:
 
     def fetch_plan(self, ids: Iterable[int]) -> str:
         return self.store.fetch_plan(ids)
+
+    def taxon_counts(self) -> TaxonCounts:
+        return self.store.taxon_counts()
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> Screened:
         ids = np.asarray(ids, dtype=np.int64)
@@ -225,6 +237,11 @@ class SidecarLookup:
 
     def fetch_plan(self, ids: Iterable[int]) -> str:
         return self.store.fetch_plan(ids, narrow=True)
+
+    def taxon_counts(self) -> TaxonCounts:
+        # From the sidecar's per-id codes, not a GROUP BY per rank in DuckDB: at 234M rows those took ~45 s of
+        # both cores and up to 1 GB of DuckDB's memory, beside the first searches (docs/benchmarks/scale.md).
+        return self.sidecar.taxon_counts()
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> Screened:
         ids = np.asarray(ids, dtype=np.int64)
@@ -356,6 +373,35 @@ class LookupSidecar:
         """Which taxa (by code) a filter keeps, as one boolean per taxon."""
         indices, index = self._name_index(taxon)
         return indices == index if index >= 0 else np.zeros(len(indices), dtype=bool)
+
+    def taxon_counts(self, *, chunk: int = COUNT_CHUNK) -> TaxonCounts:
+        """Each filter rank's distinct names with their record counts, from the per-id taxon codes: one pass over
+        taxon.npy (4 bytes an id, `chunk` ids at a time) and a group-by over the taxa (~1M at full size).
+
+        The same counts as `MetadataStore.taxon_counts` (a GROUP BY per rank): a species is named by the
+        vocabulary's rule (genus and epithet), so a taxon without a genus names no species."""
+        per_code = np.zeros(len(self._taxa), dtype=np.int64)
+        for start in range(0, self.id_end, chunk):
+            codes = np.asarray(self.taxon[start : start + chunk])
+            codes = codes[codes != NO_TAXON]
+            per_code += np.bincount(codes, minlength=len(per_code))[: len(per_code)]
+        table = self._taxa.append_column("records", pa.array(per_code))
+        counts: TaxonCounts = {}
+        for rank in FILTER_RANKS:
+            if rank == "species":
+                grouped = table.group_by(["genus", "species"]).aggregate([("records", "sum")])
+                names = [
+                    scientific_name(genus, epithet)
+                    for genus, epithet in zip(
+                        grouped.column("genus").to_pylist(), grouped.column("species").to_pylist(), strict=True
+                    )
+                ]
+            else:
+                grouped = table.group_by(rank).aggregate([("records", "sum")])
+                names = grouped.column(rank).to_pylist()
+            found = grouped.column("records_sum").to_pylist()
+            counts[rank] = [(name, int(n)) for name, n in zip(names, found, strict=True) if n]
+        return counts
 
     def _names(self, codes: np.ndarray) -> list[dict[str, Any]]:
         """The ranks of each taxon code (all valid), as row fields."""

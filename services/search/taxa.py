@@ -25,6 +25,15 @@ _TOP = "\U0010ffff"
 
 
 @dataclass(frozen=True)
+class TaxaError:
+    """Why the taxon names are not loaded; `retry_at` (time.monotonic()) when the service tries again, None when
+    it will not (the failure is not transient)."""
+
+    message: str
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
 class TaxonName:
     name: str  # as the collection spells it (the first spelling met for its key)
     rank: str  # one of the vocabulary's FILTER_RANKS; "species" names are "Genus epithet"

@@ -67,3 +67,26 @@ def test_a_store_with_nothing_running_interrupts_nothing(rows_3000: Collection) 
         assert set(store.fetch([0, 1])) == {0, 1}  # still answers afterwards
     finally:
         store.close()
+
+
+def test_taxon_names_that_failed_to_load_are_a_503_naming_duckdb_not_not_ready_forever(
+    rows_3000: Collection,
+) -> None:
+    """The names come from DuckDB's GROUP BYs without a sidecar; out of memory there is transient, so the service
+    tries again and says when, and a shutdown does not wait for the next try."""
+    settings = rows_3000.settings(use_sidecar=False, duckdb_memory_limit="1MB", similarity_scale_samples=0)
+    client = TestClient(create_app(settings))
+    with client:
+        for _ in range(200):
+            answer = client.get("/v1/taxa", params={"prefix": "a"})
+            if answer.json()["error"]["code"] != "not_ready":
+                break
+            time.sleep(0.05)
+        assert answer.status_code == 503
+        error = answer.json()["error"]
+        assert error["code"] == "metadata_unavailable"
+        assert "taxon names" in error["message"] and "memory limit" in error["message"]
+        assert "tries again" in error["message"]
+        assert 1 <= int(answer.headers["retry-after"]) <= 5
+        closing = time.monotonic()
+    assert time.monotonic() - closing < 3, "the shutdown waited for the next try"
