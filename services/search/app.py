@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -20,6 +21,7 @@ from services.search.index import VectorIndex
 from services.search.lookup import open_lookup
 from services.search.metadata import MetadataStore
 from services.search.nearest import NearestIndex
+from services.search.prefetch import prefetch
 from services.search.routes import records, search, stats, taxa
 from services.search.scale import ScaleUnavailable, measure_scale
 from services.search.settings import SearchSettings
@@ -131,6 +133,32 @@ async def load_scale(app: FastAPI, settings: SearchSettings) -> None:
         logger.exception("could not measure the similarity scale")
 
 
+def prefetch_files(settings: SearchSettings, engine: SearchEngine) -> list[Path]:
+    """What SEARCH_PREFETCH reads: the index file when it is memory-mapped (else it is in RAM already), then with
+    `all` the lookup's files."""
+    files: list[Path] = []
+    if settings.backend == "faiss" and settings.mmap:
+        files.append(settings.resolved_index_path)
+    if settings.prefetch == "all":
+        files += engine.lookup.files()
+    return files
+
+
+async def load_prefetch(app: FastAPI, settings: SearchSettings) -> None:
+    """Read the collection's files into the page cache (services/search/prefetch.py), in a thread of its own so
+    that the searches' pool keeps every slot; a shutdown stops it within one chunk."""
+    files = prefetch_files(settings, app.state.engine)
+    if not files:
+        logger.info("SEARCH_PREFETCH=%s: nothing to read (the index is in RAM, or no sidecar)", settings.prefetch)
+        return
+    done = await asyncio.to_thread(prefetch, files, stop=app.state.stopping)
+    how = "stopped after" if done.stopped else "read"
+    logger.info(
+        "page cache prefetch %s %.2f GB (%d of %d files) in %.1f s",
+        how, done.bytes / 1e9, done.files, len(files), done.seconds,
+    )  # fmt: skip
+
+
 def create_app(settings: SearchSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -144,6 +172,8 @@ def create_app(settings: SearchSettings) -> FastAPI:
         background = [names]
         if settings.similarity_scale_samples:
             background.append(asyncio.create_task(load_scale(app, settings)))
+        if settings.prefetch != "off":
+            background.append(asyncio.create_task(load_prefetch(app, settings)))
         yield
         app.state.ready = False
         # A thread can't be killed, so the background work is told to stop (the scale checks the event between

@@ -176,6 +176,10 @@ class RecordLookup(Protocol):
         """Each filter rank's distinct names with their record counts (a species as "Genus epithet")."""
         ...
 
+    def files(self) -> list[Path]:
+        """The files its lookups read through the page cache, most needed first (for SEARCH_PREFETCH)."""
+        ...
+
 
 class DuckDBLookup:
     """Candidates' whole rows from DuckDB, judged in Python."""
@@ -193,6 +197,10 @@ class DuckDBLookup:
 
     def taxon_counts(self) -> TaxonCounts:
         return self.store.taxon_counts()
+
+    def files(self) -> list[Path]:
+        # DuckDB reads its file through its own buffer pool, a block per lookup: none worth reading whole.
+        return []
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> Screened:
         ids = np.asarray(ids, dtype=np.int64)
@@ -242,6 +250,9 @@ class SidecarLookup:
         # From the sidecar's per-id codes, not a GROUP BY per rank in DuckDB: at 234M rows those took ~45 s of
         # both cores and up to 1 GB of DuckDB's memory, beside the first searches (docs/benchmarks/scale.md).
         return self.sidecar.taxon_counts()
+
+    def files(self) -> list[Path]:
+        return self.sidecar.files()
 
     def screen(self, ids: np.ndarray, criteria: Criteria) -> Screened:
         ids = np.asarray(ids, dtype=np.int64)
@@ -373,6 +384,12 @@ class LookupSidecar:
         """Which taxa (by code) a filter keeps, as one boolean per taxon."""
         indices, index = self._name_index(taxon)
         return indices == index if index >= 0 else np.zeros(len(indices), dtype=bool)
+
+    def files(self) -> list[Path]:
+        """Its files, the per-id arrays every screening reads first, then the records' (a hit's row)."""
+        first = [self.folder / name for name in ("flags.npy", "taxon.npy")]
+        rest = sorted(path for path in self.folder.iterdir() if path.is_file() and path not in first)
+        return first + rest
 
     def taxon_counts(self, *, chunk: int = COUNT_CHUNK) -> TaxonCounts:
         """Each filter rank's distinct names with their record counts, from the per-id taxon codes: one pass over

@@ -62,6 +62,14 @@ class SearchSettings(ServiceSettings):
         description="Memory-map the index read-only (IVF lists, or flat codes) instead of reading it into RAM; "
         "for indexes larger than a comfortable share of memory.",
     )
+    prefetch: Literal["off", "index", "all"] = Field(
+        "off",
+        description="After start-up, read the collection's files once in the background so that they are in the "
+        "page cache before queries need them: `index` the memory-mapped FAISS index, `all` the lookup sidecar too "
+        "(at 200M vectors 4.8 + 9.0 GB: ~50 s of sequential reads at 275 MB/s). Worth it where RAM holds them "
+        "beside everything else; `off`: pages are read as queries touch them, so the first queries after a cold "
+        "start wait for the disk.",
+    )
     coarse_quantizer: Literal["auto", "flat", "hnsw"] = Field(
         "auto",
         description="How an IVF index finds the lists to visit: `flat` scans every centroid (as the file "
