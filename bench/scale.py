@@ -8,9 +8,11 @@ For each size, each step runs as its own process, timed, with its peak RSS (wait
 collection, making the lookup sidecar; then the search service runs as a real process
 (`python -m services.search`, index memory-mapped) and is measured over HTTP: start-up without
 and with the coarse graph cached, the first 100 queries after its files were evicted from the page
-cache, p50/p95/p99 over a grid of top_n, nprobe, scopes and taxon filters with fill rates, its
-memory (anonymous and file-backed, /proc/PID/smaps_rollup) after 1,000 queries, and the same grid's
-p50s without the sidecar (DuckDB rows). Results go to var/bench/scale/results-N.json; --report
+cache, p50/p95/p99 over a grid of top_n, nprobe, scopes and taxon filters with fill rates (twice, once
+the start-up's background work has ended: a first pass partly from disk, then the steady state), its
+memory (anonymous and file-backed, /proc/PID/smaps_rollup) after 1,000 queries, the first 100
+queries of another cold start with SEARCH_PREFETCH=all, and the grid's p50s without the sidecar
+(DuckDB rows). Results go to var/bench/scale/results-N.json; --report
 renders them as Markdown (printed) and docs/images/search-scale.png.
 """
 
@@ -23,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -51,6 +54,7 @@ NPROBES = (16, 64)
 VARIANTS = ("all", "url_only", "inaturalist", "class", "genus")
 HEADLINE = {(10, 16, "all"), (10, 16, "inaturalist"), (10, 16, "class")}
 PLOT = ROOT / "docs" / "images" / "search-scale.png"
+PREFETCH_DONE = re.compile(r"page cache prefetch read (?P<gb>[\d.]+) GB .* in (?P<seconds>[\d.]+) s")
 BEGIN, END = "<!-- tables: made by python -m bench.scale --report -->", "<!-- end of tables -->"
 
 
@@ -192,25 +196,32 @@ def memory(pid: int) -> dict[str, int]:
 class Service:
     """`python -m services.search` on a collection folder, as a real process."""
 
-    def __init__(self, layout: Layout, log: Path, *, sidecar: bool, cache: Path) -> None:
+    def __init__(
+        self, layout: Layout, log: Path, *, sidecar: bool, cache: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.layout, self.log, self.sidecar, self.cache = layout, log, sidecar, cache
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=600)
 
     def start(self) -> dict[str, float]:
-        env = os.environ | {
-            "SEARCH_DATA_DIR": str(self.layout.folder),
-            "SEARCH_PORT": str(PORT),
-            "SEARCH_MMAP": "true",
-            "SEARCH_CACHE_DIR": str(self.cache),
-            "SEARCH_USE_SIDECAR": "true" if self.sidecar else "false",
-            # With the sidecar DuckDB is not asked for rows. Without it every lookup by id reads the id index, whose
-            # nodes DuckDB keeps in memory once read: ~1.8 GB at 234M rows once ~30,000 random ids were looked up
-            # (8 bytes a row), so 1GB ran out of memory there (docs/benchmarks/scale.md).
-            "SEARCH_DUCKDB_MEMORY_LIMIT": "1GB" if self.sidecar else "3GB",
-            "SEARCH_DUCKDB_THREADS": "2",
-            "OMP_NUM_THREADS": "1",
-        }
+        env = (
+            os.environ
+            | {
+                "SEARCH_DATA_DIR": str(self.layout.folder),
+                "SEARCH_PORT": str(PORT),
+                "SEARCH_MMAP": "true",
+                "SEARCH_CACHE_DIR": str(self.cache),
+                "SEARCH_USE_SIDECAR": "true" if self.sidecar else "false",
+                # With the sidecar DuckDB is not asked for rows. Without it every lookup by id reads the id index, whose
+                # nodes DuckDB keeps in memory once read: ~1.8 GB at 234M rows once ~30,000 random ids were looked up
+                # (8 bytes a row), so 1GB ran out of memory there (docs/benchmarks/scale.md).
+                "SEARCH_DUCKDB_MEMORY_LIMIT": "1GB" if self.sidecar else "3GB",
+                "SEARCH_DUCKDB_THREADS": "2",
+                "OMP_NUM_THREADS": "1",
+            }
+            | self.extra_env
+        )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", PORT)) == 0:
                 raise RuntimeError(f"port {PORT} is taken")
@@ -276,6 +287,18 @@ class Service:
                 break
             time.sleep(0.5)
         return done
+
+    def wait_log(self, pattern: re.Pattern[str], timeout: float = 900) -> dict[str, float] | None:
+        """The named groups (as numbers) of the first log line matching `pattern`, waiting for it; None if it
+        did not come in time."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            for line in self.log.read_text().splitlines():
+                found = pattern.search(line)
+                if found:
+                    return {key: float(value) for key, value in found.groupdict().items()}
+            time.sleep(0.5)
+        return None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -463,6 +486,22 @@ def measure_service(
         out["cached_fraction_after_first_pass"] = cached_fraction(layout.folder)
         out["grid"] = grid(service, queries, per_cell, headline)
         out["memory_end"] = memory(service.pid)
+    # The same cold start with SEARCH_PREFETCH=all: the first 100 queries while the files are read, and how long
+    # reading them took (from the service's log).
+    out["evicted_before_prefetch"] = evict(layout.folder)
+    service = Service(
+        layout, logs / f"search-{vectors}-prefetch.log", sidecar=True, cache=cache, env={"SEARCH_PREFETCH": "all"}
+    )
+    with running(service):
+        out["startup_prefetch"] = service.start()
+        first = [service.search(queries["vectors"][i], 10, 16, "all", [])["http_ms"] for i in range(100)]
+        out["first_100_prefetch_ms"] = {
+            "each": [round(x, 1) for x in first],
+            **percentiles(first),
+            "sum_ms": round(sum(first)),
+        }
+        out["prefetch"] = service.wait_log(PREFETCH_DONE)
+        out["cached_fraction_after_prefetch"] = cached_fraction(layout.folder)
     out["service_log"] = [line for line in (logs / f"search-{vectors}.log").read_text().splitlines() if "INFO" in line][
         :20
     ]
@@ -540,6 +579,24 @@ def report(results: list[dict[str, Any]]) -> str:
     row(
         "first 100: p50 / p99 / max ms",
         [f"{r['first_100_ms']['p50']} / {r['first_100_ms']['p99']} / {r['first_100_ms']['max']}" for r in results],
+    )
+    row(
+        "with SEARCH_PREFETCH=all: ready s / first 100 p50, p99, max ms",
+        [
+            f"{r['startup_prefetch']['ready_s']} / {p['p50']}, {p['p99']}, {p['max']}"
+            if (p := r.get("first_100_prefetch_ms"))
+            else "-"
+            for r in results
+        ],
+    )
+    row(
+        "  prefetch: GB read in s; collection in page cache after",
+        [
+            f"{r['prefetch']['gb']} in {r['prefetch']['seconds']}; {r.get('cached_fraction_after_prefetch')}"
+            if r.get("prefetch")
+            else "-"
+            for r in results
+        ],
     )
     row(
         "background work done after ready: taxon names / similarity scale (s)",
