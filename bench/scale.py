@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -631,15 +631,17 @@ def report(results: list[dict[str, Any]]) -> str:
         f"| top_n / nprobe / scope or filter | {cols} |",
         sep,
     ]
-    for key in results[0]["grid"]["cells"]:
-        values = []
-        for r in results:
-            cell = r["grid"]["cells"][key]
-            t = cell["took_ms"]
-            values.append(
-                f"{t['p50']} / {t['p95']} / {t['p99']} ({cell['http_ms']['p50']}), {cell['filled']}/{cell['queries']}"
-            )
-        row(key, values)
+
+    def cells(grid_of: Callable[[dict[str, Any]], dict[str, Any]], text: Callable[[dict[str, Any]], Any]) -> None:
+        """One row per grid cell, one column per size: `text` of the cell in the grid `grid_of` picks."""
+        for key in results[0]["grid"]["cells"]:
+            row(key, [text(grid_of(r)["cells"][key]) for r in results])
+
+    def steady(cell: dict[str, Any]) -> str:
+        t = cell["took_ms"]
+        return f"{t['p50']} / {t['p95']} / {t['p99']} ({cell['http_ms']['p50']}), {cell['filled']}/{cell['queries']}"
+
+    cells(lambda r: r["grid"], steady)
     lines += [
         "",
         "### The grid's first pass, its lists and rows partly read from disk: p50 / p99 ms, major faults per query",
@@ -650,17 +652,13 @@ def report(results: list[dict[str, Any]]) -> str:
         f"| top_n / nprobe / scope or filter | {cols} |",
         sep,
     ]
-    for key in results[0]["grid"]["cells"]:
-        values = []
-        for r in results:
-            cell = first_pass(r)["cells"][key]
-            faults = cell.get("major_faults_per_query", "?")
-            values.append(f"{cell['took_ms']['p50']} / {cell['took_ms']['p99']}, {faults}")
-        row(key, values)
+    cells(
+        first_pass,
+        lambda c: f"{c['took_ms']['p50']} / {c['took_ms']['p99']}, {c.get('major_faults_per_query', '?')}",
+    )
     lines += ["", "### Service CPU per query (ms; all of it: HTTP, JSON, search, rows)", ""]
     lines += [f"| top_n / nprobe / scope or filter | {cols} |", sep]
-    for key in results[0]["grid"]["cells"]:
-        row(key, [r["grid"]["cells"][key].get("service_cpu_ms_per_query", "?") for r in results])
+    cells(lambda r: r["grid"], lambda c: c.get("service_cpu_ms_per_query", "?"))
     lines += [
         "",
         "### Without the sidecar (DuckDB rows): p50 ms, filled/queries",
@@ -668,14 +666,7 @@ def report(results: list[dict[str, Any]]) -> str:
         f"| top_n / nprobe / scope or filter | {cols} |",
         sep,
     ]
-    for key in results[0]["fallback"]["cells"]:
-        row(
-            key,
-            [
-                f"{c['took_ms']['p50']}, {c['filled']}/{c['queries']}"
-                for c in (r["fallback"]["cells"][key] for r in results)
-            ],
-        )
+    cells(lambda r: r["fallback"], lambda c: f"{c['took_ms']['p50']}, {c['filled']}/{c['queries']}")
     for path in sorted(SCALE_DIR.glob("index-only-*.json")):
         alone = json.loads(path.read_text())
         lines += ["", f"### The index alone at {_m(alone['vectors'])} vectors (in-process, one thread)", ""]
