@@ -9,6 +9,12 @@ A caller may announce items it is still preparing (`incoming`: the images of req
 decoded). A batch about to run waits for announced items, at most `max_wait` seconds, and not at all
 when none are announced: a lone request never waits, and concurrent requests that arrive together
 share one forward pass instead of the first running alone.
+
+After a pass that several callers shared, the next one also waits (at most `max_wait`) for items
+nobody has announced yet: clients that got their answers together send their next requests
+together, but the first of those is decoded before the others are even read, and would otherwise
+run alone (a ViT-L/14 pass of 1 then one of 7, where one of 8 costs about what 7 do). Once a pass
+runs alone, lone requests stop waiting again.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class BatcherClosed(RuntimeError):
 class _Item(Generic[In, Out]):
     value: In
     future: asyncio.Future[Out] = field(repr=False)
+    caller: int = 0  # which submit() call it came from
 
 
 @dataclass
@@ -93,6 +100,8 @@ class Batcher(Generic[In, Out]):
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._incoming = 0  # announced items not yet submitted
+        self._calls = 0
+        self._shared = False  # the last pass held items of several callers: more are likely on their way
         self._changed = asyncio.Event()  # an item was queued, or a notice withdrawn
 
     @contextlib.contextmanager
@@ -113,7 +122,8 @@ class Batcher(Generic[In, Out]):
             # Started on first use, inside the event loop that will run it.
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
         loop = asyncio.get_running_loop()
-        items = [_Item(value, loop.create_future()) for value in values]
+        self._calls += 1
+        items = [_Item(value, loop.create_future(), self._calls) for value in values]
         for item in items:
             self._queue.put_nowait(item)
         self._changed.set()
@@ -139,7 +149,7 @@ class Batcher(Generic[In, Out]):
 
     async def _gather(self) -> list[_Item[In, Out]]:
         """The next batch: wait for one live item, then take what is queued, waiting (at most `max_wait`)
-        only for items announced as incoming, until the batch is full."""
+        for items announced as incoming, or for any item after a shared pass, until the batch is full."""
         batch: list[_Item[In, Out]] = []
         while not batch:
             item = await self._queue.get()
@@ -154,12 +164,13 @@ class Batcher(Generic[In, Out]):
                 if not item.future.done():
                     batch.append(item)
             remaining = deadline - loop.time()
-            if len(batch) >= self.max_size or self._incoming <= 0 or remaining <= 0:
+            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and not self._shared):
                 break
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
+        self._shared = len({item.caller for item in batch}) > 1
         return batch
 
     async def _work(self) -> None:
