@@ -13,8 +13,9 @@ share one forward pass instead of the first running alone.
 After a pass that several callers shared, the next one also waits (at most `max_wait`) for items
 nobody has announced yet: clients that got their answers together send their next requests
 together, but the first of those is decoded before the others are even read, and would otherwise
-run alone (a ViT-L/14 pass of 1 then one of 7, where one of 8 costs about what 7 do). Once a pass
-runs alone, lone requests stop waiting again.
+run alone (a ViT-L/14 pass of 1 then one of 7, where one of 8 costs about what 7 do). It waits for as
+many callers as that pass had, no more: two clients in lockstep run as soon as both are back, rather than
+waiting `max_wait` for an eighth that never comes. Once a pass runs alone, lone requests stop waiting again.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class Batcher(Generic[In, Out]):
         self._closed = False
         self._incoming = 0  # announced items not yet submitted
         self._calls = 0
-        self._shared = False  # the last pass held items of several callers: more are likely on their way
+        # Callers of the last pass when it held several (else 0): as many are likely on their way again.
+        self._company = 0
         self._changed = asyncio.Event()  # an item was queued, or a notice withdrawn
 
     @contextlib.contextmanager
@@ -149,12 +151,14 @@ class Batcher(Generic[In, Out]):
 
     async def _gather(self) -> list[_Item[In, Out]]:
         """The next batch: wait for one live item, then take what is queued, waiting (at most `max_wait`)
-        for items announced as incoming, or for any item after a shared pass, until the batch is full."""
+        for items announced as incoming, or after a shared pass for as many callers as it had, until the batch
+        is full."""
         batch: list[_Item[In, Out]] = []
         while not batch:
             item = await self._queue.get()
             if not item.future.done():
                 batch.append(item)
+        callers = {batch[0].caller}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_size:
@@ -163,14 +167,15 @@ class Batcher(Generic[In, Out]):
                 item = self._queue.get_nowait()
                 if not item.future.done():
                     batch.append(item)
+                    callers.add(item.caller)
             remaining = deadline - loop.time()
-            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and not self._shared):
+            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and len(callers) >= self._company):
                 break
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
-        self._shared = len({item.caller for item in batch}) > 1
+        self._company = len(callers) if len(callers) > 1 else 0
         return batch
 
     async def _work(self) -> None:

@@ -260,3 +260,27 @@ def test_one_callers_many_items_do_not_make_the_next_pass_wait() -> None:
         return elapsed
 
     assert asyncio.run(scenario()) < 0.2
+
+
+def test_after_a_shared_pass_the_wait_ends_once_as_many_callers_are_back() -> None:
+    """Two clients in lockstep: once both are back the pass runs, rather than waiting for an eighth that never comes."""
+
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler()
+        batcher = Batcher(doubler, max_size=8, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(batcher.submit([1]), batcher.submit([2]))  # a pass the two shared
+
+        async def second() -> list[int]:
+            await asyncio.sleep(0.02)
+            return await batcher.submit([4])
+
+        started = loop.time()
+        assert await asyncio.gather(batcher.submit([3]), second()) == [[6], [8]]
+        elapsed = loop.time() - started
+        await batcher.close()
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[1, 2], [3, 4]]
+    assert elapsed < 0.3  # not the whole max_wait
