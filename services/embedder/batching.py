@@ -14,8 +14,9 @@ After a pass that several callers shared, the next one also waits (at most `max_
 nobody has announced yet: clients that got their answers together send their next requests
 together, but the first of those is decoded before the others are even read, and would otherwise
 run alone (a ViT-L/14 pass of 1 then one of 7, where one of 8 costs about what 7 do). It waits for as
-many callers as that pass had, no more: two clients in lockstep run as soon as both are back, rather than
-waiting `max_wait` for an eighth that never comes. Once a pass runs alone, lone requests stop waiting again.
+many callers as that pass had (on top of any that queued while it ran), no more: two clients in lockstep
+run as soon as both are back, rather than waiting `max_wait` for an eighth that never comes. Once a pass
+runs alone, lone requests stop waiting again.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ class Batcher(Generic[In, Out]):
         self._closed = False
         self._incoming = 0  # announced items not yet submitted
         self._calls = 0
-        # Callers of the last pass when it held several (else 0): as many are likely on their way again.
-        self._company = 0
+        # Callers of the last pass when it held several (else none): as many are likely on their way again.
+        self._company: set[int] = set()
         self._changed = asyncio.Event()  # an item was queued, or a notice withdrawn
 
     @contextlib.contextmanager
@@ -154,29 +155,38 @@ class Batcher(Generic[In, Out]):
         for items announced as incoming, or after a shared pass for as many callers as it had, until the batch
         is full."""
         batch: list[_Item[In, Out]] = []
+        callers: set[int] = set()
+        self._take(batch, callers)
+        # Callers that queued while the last pass ran are here already; the last pass's come back as new callers
+        # (but one still queued, its request larger than a pass, is not coming back: it counts once).
+        wanted = len(callers | self._company)
         while not batch:
             item = await self._queue.get()
             if not item.future.done():
                 batch.append(item)
-        callers = {batch[0].caller}
+                callers.add(item.caller)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_size:
             self._changed.clear()
-            while len(batch) < self.max_size and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if not item.future.done():
-                    batch.append(item)
-                    callers.add(item.caller)
+            self._take(batch, callers)
             remaining = deadline - loop.time()
-            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and len(callers) >= self._company):
+            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and len(callers) >= wanted):
                 break
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
-        self._company = len(callers) if len(callers) > 1 else 0
+        self._company = callers if len(callers) > 1 else set()
         return batch
+
+    def _take(self, batch: list[_Item[In, Out]], callers: set[int]) -> None:
+        """Move what is queued into `batch`, up to `max_size`, leaving out items whose caller went away."""
+        while len(batch) < self.max_size and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                batch.append(item)
+                callers.add(item.caller)
 
     async def _work(self) -> None:
         while True:

@@ -284,3 +284,58 @@ def test_after_a_shared_pass_the_wait_ends_once_as_many_callers_are_back() -> No
     elapsed, doubler = asyncio.run(scenario())
     assert doubler.batches == [[1, 2], [3, 4]]
     assert elapsed < 0.3  # not the whole max_wait
+
+
+def test_callers_already_queued_after_a_shared_pass_do_not_count_as_the_ones_coming_back() -> None:
+    """A caller that queued while the shared pass ran is company of its own: the pass still waits for both returners."""
+
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler(delay=0.1)
+        batcher = Batcher(doubler, max_size=8, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+
+        async def client(value: int, again: int, pause: float) -> list[int]:
+            first = await batcher.submit([value])
+            await asyncio.sleep(pause)  # answered, then sends its next request
+            return first + await batcher.submit([again])
+
+        async def during_the_pass() -> list[int]:
+            await asyncio.sleep(0.02)
+            return await batcher.submit([3])
+
+        started = loop.time()
+        results = await asyncio.gather(client(1, 4, 0.01), client(2, 5, 0.03), during_the_pass())
+        elapsed = loop.time() - started
+        assert results == [[2, 8], [4, 10], [6]]
+        await batcher.close()
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[1, 2], [3, 4, 5]]
+    assert elapsed < 0.5  # the second pass ran once both were back, not after the whole max_wait
+
+
+def test_a_caller_still_queued_after_a_shared_pass_is_not_waited_for_as_if_coming_back() -> None:
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler(delay=0.05)
+        batcher = Batcher(doubler, max_size=4, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+
+        async def small() -> list[int]:
+            first = await batcher.submit([10])
+            await asyncio.sleep(0.01)
+            return first + await batcher.submit([11])
+
+        started = loop.time()
+        small_task = asyncio.create_task(small())
+        await asyncio.sleep(0)  # queued first
+        large = await batcher.submit([1, 2, 3, 4, 5])  # more than a pass: two of its items wait for the next
+        assert await small_task == [20, 22]
+        elapsed = loop.time() - started
+        await batcher.close()
+        assert large == [2, 4, 6, 8, 10]
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[10, 1, 2, 3], [4, 5, 11]]
+    assert elapsed < 0.4
