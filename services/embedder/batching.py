@@ -9,6 +9,14 @@ A caller may announce items it is still preparing (`incoming`: the images of req
 decoded). A batch about to run waits for announced items, at most `max_wait` seconds, and not at all
 when none are announced: a lone request never waits, and concurrent requests that arrive together
 share one forward pass instead of the first running alone.
+
+After a pass that several callers shared, the next one also waits (at most `max_wait`) for items
+nobody has announced yet: clients that got their answers together send their next requests
+together, but the first of those is decoded before the others are even read, and would otherwise
+run alone (a ViT-L/14 pass of 1 then one of 7, where one of 8 costs about what 7 do). It waits for as
+many callers as that pass had (on top of any that queued while it ran), no more: two clients in lockstep
+run as soon as both are back, rather than waiting `max_wait` for an eighth that never comes. Once a pass
+runs alone, lone requests stop waiting again.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class BatcherClosed(RuntimeError):
 class _Item(Generic[In, Out]):
     value: In
     future: asyncio.Future[Out] = field(repr=False)
+    caller: int = 0  # which submit() call it came from
 
 
 @dataclass
@@ -93,6 +102,9 @@ class Batcher(Generic[In, Out]):
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._incoming = 0  # announced items not yet submitted
+        self._calls = 0
+        # Callers of the last pass when it held several (else none): as many are likely on their way again.
+        self._company: set[int] = set()
         self._changed = asyncio.Event()  # an item was queued, or a notice withdrawn
 
     @contextlib.contextmanager
@@ -113,7 +125,8 @@ class Batcher(Generic[In, Out]):
             # Started on first use, inside the event loop that will run it.
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
         loop = asyncio.get_running_loop()
-        items = [_Item(value, loop.create_future()) for value in values]
+        self._calls += 1
+        items = [_Item(value, loop.create_future(), self._calls) for value in values]
         for item in items:
             self._queue.put_nowait(item)
         self._changed.set()
@@ -139,28 +152,41 @@ class Batcher(Generic[In, Out]):
 
     async def _gather(self) -> list[_Item[In, Out]]:
         """The next batch: wait for one live item, then take what is queued, waiting (at most `max_wait`)
-        only for items announced as incoming, until the batch is full."""
+        for items announced as incoming, or after a shared pass for as many callers as it had, until the batch
+        is full."""
         batch: list[_Item[In, Out]] = []
+        callers: set[int] = set()
+        self._take(batch, callers)
+        # Callers that queued while the last pass ran are here already; the last pass's come back as new callers
+        # (but one still queued, its request larger than a pass, is not coming back: it counts once).
+        wanted = len(callers | self._company)
         while not batch:
             item = await self._queue.get()
             if not item.future.done():
                 batch.append(item)
+                callers.add(item.caller)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_size:
             self._changed.clear()
-            while len(batch) < self.max_size and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if not item.future.done():
-                    batch.append(item)
+            self._take(batch, callers)
             remaining = deadline - loop.time()
-            if len(batch) >= self.max_size or self._incoming <= 0 or remaining <= 0:
+            if len(batch) >= self.max_size or remaining <= 0 or (self._incoming <= 0 and len(callers) >= wanted):
                 break
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 break
+        self._company = callers if len(callers) > 1 else set()
         return batch
+
+    def _take(self, batch: list[_Item[In, Out]], callers: set[int]) -> None:
+        """Move what is queued into `batch`, up to `max_size`, leaving out items whose caller went away."""
+        while len(batch) < self.max_size and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                batch.append(item)
+                callers.add(item.caller)
 
     async def _work(self) -> None:
         while True:

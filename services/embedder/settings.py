@@ -60,8 +60,9 @@ class EmbedderSettings(ServiceSettings):
         50.0,
         ge=0,
         le=1000,
-        description="Longest a forward pass waits for images of other requests still being decoded (it waits "
-        "only for those, so a lone request never waits).",
+        description="Longest a forward pass waits for images of other requests: those still being decoded, and, "
+        "after a pass several requests shared, as many requests as shared it (the first request after such a pass "
+        "waits however late it comes; a lone request after a lone pass never waits).",
     )
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")

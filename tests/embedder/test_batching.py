@@ -207,3 +207,135 @@ def test_a_request_larger_than_a_batch_is_split_and_kept_in_order(
         vectors = np.asarray(client.post("/v1/embed/image", files=files).json()["vectors"])
         singles = [client.post("/v1/embed/image", files=[files[i]]).json()["vectors"][0] for i in (0, 4)]
     np.testing.assert_allclose(vectors[[0, 4]], singles, atol=1e-5)
+
+
+def test_after_a_shared_pass_the_next_waits_for_callers_not_yet_announced() -> None:
+    """Clients answered together send again together; the first of them must not run alone."""
+
+    async def scenario() -> Doubler:
+        doubler = Doubler(delay=0.02)
+        batcher = Batcher(doubler, max_size=8, max_wait=0.5)
+        await asyncio.gather(*(batcher.submit([i]) for i in range(4)))  # a wave of four callers, one pass
+
+        async def late(i: int) -> list[int]:
+            await asyncio.sleep(0.02 * i)  # arriving one after another, nobody announced
+            return await batcher.submit([10 + i])
+
+        assert await asyncio.gather(*(late(i) for i in range(4))) == [[20], [22], [24], [26]]
+        await batcher.close()
+        return doubler
+
+    assert asyncio.run(scenario()).batches == [[0, 1, 2, 3], [10, 11, 12, 13]]
+
+
+def test_once_a_pass_ran_alone_a_lone_caller_stops_waiting() -> None:
+    async def scenario() -> tuple[list[float], Doubler]:
+        doubler = Doubler()
+        batcher = Batcher(doubler, max_size=8, max_wait=0.3)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(batcher.submit([1]), batcher.submit([2]))  # shared
+        took = []
+        for value in (3, 4, 5):
+            started = loop.time()
+            await batcher.submit([value])
+            took.append(loop.time() - started)
+        await batcher.close()
+        return took, doubler
+
+    took, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[1, 2], [3], [4], [5]]
+    assert took[0] >= 0.25  # waited once for company after the shared pass
+    assert max(took[1:]) < 0.2  # then a lone caller runs at once again
+
+
+def test_one_callers_many_items_do_not_make_the_next_pass_wait() -> None:
+    async def scenario() -> float:
+        batcher = Batcher(Doubler(), max_size=8, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+        await batcher.submit([1, 2, 3])
+        started = loop.time()
+        await batcher.submit([4])
+        elapsed = loop.time() - started
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 0.2
+
+
+def test_after_a_shared_pass_the_wait_ends_once_as_many_callers_are_back() -> None:
+    """Two clients in lockstep: once both are back the pass runs, rather than waiting for an eighth that never comes."""
+
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler()
+        batcher = Batcher(doubler, max_size=8, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(batcher.submit([1]), batcher.submit([2]))  # a pass the two shared
+
+        async def second() -> list[int]:
+            await asyncio.sleep(0.02)
+            return await batcher.submit([4])
+
+        started = loop.time()
+        assert await asyncio.gather(batcher.submit([3]), second()) == [[6], [8]]
+        elapsed = loop.time() - started
+        await batcher.close()
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[1, 2], [3, 4]]
+    assert elapsed < 0.3  # not the whole max_wait
+
+
+def test_callers_already_queued_after_a_shared_pass_do_not_count_as_the_ones_coming_back() -> None:
+    """A caller that queued while the shared pass ran is company of its own: the pass still waits for both returners."""
+
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler(delay=0.1)
+        batcher = Batcher(doubler, max_size=8, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+
+        async def client(value: int, again: int, pause: float) -> list[int]:
+            first = await batcher.submit([value])
+            await asyncio.sleep(pause)  # answered, then sends its next request
+            return first + await batcher.submit([again])
+
+        async def during_the_pass() -> list[int]:
+            await asyncio.sleep(0.02)
+            return await batcher.submit([3])
+
+        started = loop.time()
+        results = await asyncio.gather(client(1, 4, 0.01), client(2, 5, 0.03), during_the_pass())
+        elapsed = loop.time() - started
+        assert results == [[2, 8], [4, 10], [6]]
+        await batcher.close()
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[1, 2], [3, 4, 5]]
+    assert elapsed < 0.5  # the second pass ran once both were back, not after the whole max_wait
+
+
+def test_a_caller_still_queued_after_a_shared_pass_is_not_waited_for_as_if_coming_back() -> None:
+    async def scenario() -> tuple[float, Doubler]:
+        doubler = Doubler(delay=0.05)
+        batcher = Batcher(doubler, max_size=4, max_wait=0.5)
+        loop = asyncio.get_running_loop()
+
+        async def small() -> list[int]:
+            first = await batcher.submit([10])
+            await asyncio.sleep(0.01)
+            return first + await batcher.submit([11])
+
+        started = loop.time()
+        small_task = asyncio.create_task(small())
+        await asyncio.sleep(0)  # queued first
+        large = await batcher.submit([1, 2, 3, 4, 5])  # more than a pass: two of its items wait for the next
+        assert await small_task == [20, 22]
+        elapsed = loop.time() - started
+        await batcher.close()
+        assert large == [2, 4, 6, 8, 10]
+        return elapsed, doubler
+
+    elapsed, doubler = asyncio.run(scenario())
+    assert doubler.batches == [[10, 1, 2, 3], [4, 5, 11]]
+    assert elapsed < 0.4
