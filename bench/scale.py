@@ -446,6 +446,22 @@ def measure(vectors: int, *, keep: bool, per_cell: int, headline: int, fallback_
     return out
 
 
+def measure_prefetch(layout: Layout, vectors: int, queries: Any) -> dict[str, Any]:
+    """A cold start with SEARCH_PREFETCH=all: the first 100 queries while the files are read (the same queries as
+    the cold start without it), and how long reading them took (from the service's log)."""
+    out: dict[str, Any] = {"evicted_before_prefetch": evict(layout.folder)}
+    log = SCALE_DIR / "logs" / f"search-{vectors}-prefetch.log"
+    service = Service(layout, log, sidecar=True, cache=layout.folder / "cache", env={"SEARCH_PREFETCH": "all"})
+    with running(service):
+        out["startup_prefetch"] = service.start()
+        first = [service.search(queries["vectors"][i], 10, 16, "all", [])["http_ms"] for i in range(100)]
+        out["first_100_prefetch_ms"] = {"each": [round(x, 1) for x in first], **percentiles(first)}
+        out["first_100_prefetch_ms"]["sum_ms"] = round(sum(first))
+        out["prefetch"] = service.wait_log(PREFETCH_DONE)
+        out["cached_fraction_after_prefetch"] = cached_fraction(layout.folder)
+    return out
+
+
 def measure_service(
     layout: Layout, vectors: int, *, per_cell: int, headline: int, fallback_per_cell: int
 ) -> dict[str, Any]:
@@ -486,22 +502,7 @@ def measure_service(
         out["cached_fraction_after_first_pass"] = cached_fraction(layout.folder)
         out["grid"] = grid(service, queries, per_cell, headline)
         out["memory_end"] = memory(service.pid)
-    # The same cold start with SEARCH_PREFETCH=all: the first 100 queries while the files are read, and how long
-    # reading them took (from the service's log).
-    out["evicted_before_prefetch"] = evict(layout.folder)
-    service = Service(
-        layout, logs / f"search-{vectors}-prefetch.log", sidecar=True, cache=cache, env={"SEARCH_PREFETCH": "all"}
-    )
-    with running(service):
-        out["startup_prefetch"] = service.start()
-        first = [service.search(queries["vectors"][i], 10, 16, "all", [])["http_ms"] for i in range(100)]
-        out["first_100_prefetch_ms"] = {
-            "each": [round(x, 1) for x in first],
-            **percentiles(first),
-            "sum_ms": round(sum(first)),
-        }
-        out["prefetch"] = service.wait_log(PREFETCH_DONE)
-        out["cached_fraction_after_prefetch"] = cached_fraction(layout.folder)
+    out |= measure_prefetch(layout, vectors, queries)
     out["service_log"] = [line for line in (logs / f"search-{vectors}.log").read_text().splitlines() if "INFO" in line][
         :20
     ]
@@ -752,9 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only render the results so far")
     parser.add_argument("--write", type=Path, help="put the tables into this Markdown file, between the markers")
     parser.add_argument("--index-only", type=int, help="measure only the index of this (already made) size")
+    parser.add_argument(
+        "--prefetch-only", type=int, help="measure only the cold start with SEARCH_PREFETCH=all of this (kept) size"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.prefetch_only:
+        print(json.dumps(prefetch_only(args.prefetch_only), indent=2))
+        return 0
     if args.index_only:
         print(json.dumps(index_only(args.index_only), indent=2))
         return 0
@@ -778,6 +785,19 @@ def main(argv: list[str] | None = None) -> int:
         _, tail = rest.split(END, 1)
         args.write.write_text(f"{head}{BEGIN}\n{tables}\n{END}{tail}")
     return 0
+
+
+def prefetch_only(vectors: int) -> dict[str, Any]:
+    """`measure_prefetch` on a kept collection, its figures added to that size's results."""
+    layout = Layout(SCALE_DIR / str(vectors))
+    path = SCALE_DIR / f"results-{vectors}.json"
+    with (SCALE_DIR / "measure.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = measure_prefetch(layout, vectors, np.load(layout.queries)) | {"beside_prefetch": beside()}
+    path.write_text(json.dumps(json.loads(path.read_text()) | found, indent=2))
+    return {k: v for k, v in found.items() if k != "first_100_prefetch_ms"} | {
+        "first_100_prefetch_ms": {k: v for k, v in found["first_100_prefetch_ms"].items() if k != "each"}
+    }
 
 
 def index_only(vectors: int, queries_per_cell: int = 200) -> dict[str, Any]:
