@@ -35,7 +35,7 @@ class TaxaError:
 
 @dataclass(frozen=True)
 class TaxonName:
-    name: str  # as the collection spells it (the first spelling met for its key)
+    name: str  # as the collection spells it (its key's most frequent spelling; see TaxonIndex.from_counts)
     rank: str  # one of the vocabulary's FILTER_RANKS; "species" names are "Genus epithet"
     count: int  # records carrying it
 
@@ -75,19 +75,31 @@ class TaxonIndex:
     @classmethod
     def from_counts(cls, counts: dict[str, Iterable[tuple[str | None, int]]]) -> TaxonIndex:
         """From each rank's distinct names and their record counts (a species named "Genus epithet").
-        Names with the same `name_key` are one (counts added, the first spelling kept); blanks are left out."""
+        Names with the same `name_key` are one, counts added, shown as the spelling most records carry (ties: the
+        first in code-point order); blanks are left out. The spelling does not depend on the order of `counts`,
+        which a GROUP BY does not fix: the sidecar's counts and DuckDB's give the same names."""
         ranks: dict[str, _RankNames] = {}
         for rank in FILTER_RANKS:
-            counted: dict[str, tuple[str, int]] = {}
+            spelled: dict[str, tuple[str, int]] = {}  # spelling -> (its key, records)
             for value, count in counts.get(rank, ()):
                 if not value:
                     continue
-                key = name_key(value)
-                if not key:
-                    continue
-                known = counted.get(key)
-                counted[key] = (known[0], known[1] + count) if known else (value.strip(), count)
-            ranks[rank] = _RankNames(rank, counted)
+                spelling = value.strip()
+                known = spelled.get(spelling)
+                if known is not None:
+                    spelled[spelling] = (known[0], known[1] + count)
+                elif key := name_key(spelling):
+                    spelled[spelling] = (key, count)
+            best: dict[str, tuple[str, int, int]] = {}  # key -> (spelling, its records, the key's records)
+            for spelling, (key, count) in spelled.items():
+                known = best.get(key)
+                if known is None:
+                    best[key] = (spelling, count, count)
+                elif (-count, spelling) < (-known[1], known[0]):
+                    best[key] = (spelling, count, known[2] + count)
+                else:
+                    best[key] = (known[0], known[1], known[2] + count)
+            ranks[rank] = _RankNames(rank, {key: (spelling, total) for key, (spelling, _, total) in best.items()})
         return cls(ranks)
 
     @classmethod
