@@ -80,26 +80,26 @@ class TaxonIndex:
         which a GROUP BY does not fix: the sidecar's counts and DuckDB's give the same names."""
         ranks: dict[str, _RankNames] = {}
         for rank in FILTER_RANKS:
-            spelled: dict[str, tuple[str, int]] = {}  # spelling -> (its key, records)
+            counted: dict[str, tuple[str, int]] = {}  # key -> (a spelling, the key's records)
+            # Only keys met more than once (few: most names have one spelling) keep each spelling's records.
+            variants: dict[str, dict[str, int]] = {}
             for value, count in counts.get(rank, ()):
                 if not value:
                     continue
+                key = name_key(value)
+                if not key:
+                    continue
                 spelling = value.strip()
-                known = spelled.get(spelling)
-                if known is not None:
-                    spelled[spelling] = (known[0], known[1] + count)
-                elif key := name_key(spelling):
-                    spelled[spelling] = (key, count)
-            best: dict[str, tuple[str, int, int]] = {}  # key -> (spelling, its records, the key's records)
-            for spelling, (key, count) in spelled.items():
-                known = best.get(key)
+                known = counted.get(key)
                 if known is None:
-                    best[key] = (spelling, count, count)
-                elif (-count, spelling) < (-known[1], known[0]):
-                    best[key] = (spelling, count, known[2] + count)
-                else:
-                    best[key] = (known[0], known[1], known[2] + count)
-            ranks[rank] = _RankNames(rank, {key: (spelling, total) for key, (spelling, _, total) in best.items()})
+                    counted[key] = (spelling, count)
+                    continue
+                spelt = variants.setdefault(key, {known[0]: known[1]})
+                spelt[spelling] = spelt.get(spelling, 0) + count
+                counted[key] = (known[0], known[1] + count)
+            for key, spelt in variants.items():
+                counted[key] = (min(spelt.items(), key=lambda item: (-item[1], item[0]))[0], counted[key][1])
+            ranks[rank] = _RankNames(rank, counted)
         return cls(ranks)
 
     @classmethod
