@@ -146,12 +146,17 @@ def prefetch_files(settings: SearchSettings, engine: SearchEngine) -> list[Path]
 
 async def load_prefetch(app: FastAPI, settings: SearchSettings) -> None:
     """Read the collection's files into the page cache (services/search/prefetch.py), in a thread of its own so
-    that the searches' pool keeps every slot; a shutdown stops it within one chunk."""
-    files = prefetch_files(settings, app.state.engine)
-    if not files:
-        logger.info("SEARCH_PREFETCH=%s: nothing to read (the index is in RAM, or no sidecar)", settings.prefetch)
+    that the searches' pool keeps every slot; a shutdown stops it within one chunk. A failure is logged: the
+    service searches without it, and its shutdown (which awaits this) must not fail with it."""
+    try:
+        files = prefetch_files(settings, app.state.engine)
+        if not files:
+            logger.info("SEARCH_PREFETCH=%s: nothing to read (the index is in RAM, or no sidecar)", settings.prefetch)
+            return
+        done = await asyncio.to_thread(prefetch, files, stop=app.state.stopping)
+    except Exception:
+        logger.exception("could not prefetch the collection's files (SEARCH_PREFETCH=%s)", settings.prefetch)
         return
-    done = await asyncio.to_thread(prefetch, files, stop=app.state.stopping)
     how = "stopped after" if done.stopped else "read"
     logger.info(
         "page cache prefetch %s %.2f GB (%d of %d files) in %.1f s",

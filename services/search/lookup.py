@@ -388,7 +388,13 @@ class LookupSidecar:
     def files(self) -> list[Path]:
         """Its files, the per-id arrays every screening reads first, then the records' (a hit's row)."""
         first = [self.folder / name for name in ("flags.npy", "taxon.npy")]
-        rest = sorted(path for path in self.folder.iterdir() if path.is_file() and path not in first)
+        try:
+            rest = sorted(path for path in self.folder.iterdir() if path.is_file() and path not in first)
+        except OSError as exc:
+            # A folder that may be read by name but not listed (mode 711), or gone since it was opened: the arrays
+            # it has open are still worth reading; the rest is read as hits need it.
+            logger.warning("could not list the sidecar at %s: %s", self.folder, exc)
+            rest = []
         return first + rest
 
     def taxon_counts(self, *, chunk: int = COUNT_CHUNK) -> TaxonCounts:

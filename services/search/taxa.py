@@ -35,7 +35,7 @@ class TaxaError:
 
 @dataclass(frozen=True)
 class TaxonName:
-    name: str  # as the collection spells it (the first spelling met for its key)
+    name: str  # as the collection spells it (its key's most frequent spelling; see TaxonIndex.from_counts)
     rank: str  # one of the vocabulary's FILTER_RANKS; "species" names are "Genus epithet"
     count: int  # records carrying it
 
@@ -75,18 +75,30 @@ class TaxonIndex:
     @classmethod
     def from_counts(cls, counts: dict[str, Iterable[tuple[str | None, int]]]) -> TaxonIndex:
         """From each rank's distinct names and their record counts (a species named "Genus epithet").
-        Names with the same `name_key` are one (counts added, the first spelling kept); blanks are left out."""
+        Names with the same `name_key` are one, counts added, shown as the spelling most records carry (ties: the
+        first in code-point order); blanks are left out. The spelling does not depend on the order of `counts`,
+        which a GROUP BY does not fix: the sidecar's counts and DuckDB's give the same names."""
         ranks: dict[str, _RankNames] = {}
         for rank in FILTER_RANKS:
-            counted: dict[str, tuple[str, int]] = {}
+            counted: dict[str, tuple[str, int]] = {}  # key -> (a spelling, the key's records)
+            # Only keys met more than once (few: most names have one spelling) keep each spelling's records.
+            variants: dict[str, dict[str, int]] = {}
             for value, count in counts.get(rank, ()):
                 if not value:
                     continue
                 key = name_key(value)
                 if not key:
                     continue
+                spelling = value.strip()
                 known = counted.get(key)
-                counted[key] = (known[0], known[1] + count) if known else (value.strip(), count)
+                if known is None:
+                    counted[key] = (spelling, count)
+                    continue
+                spelt = variants.setdefault(key, {known[0]: known[1]})
+                spelt[spelling] = spelt.get(spelling, 0) + count
+                counted[key] = (known[0], known[1] + count)
+            for key, spelt in variants.items():
+                counted[key] = (min(spelt.items(), key=lambda item: (-item[1], item[0]))[0], counted[key][1])
             ranks[rank] = _RankNames(rank, counted)
         return cls(ranks)
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.search.app import create_app
-from services.search.lookup import default_sidecar_path
+from services.search.lookup import LookupSidecar, default_sidecar_path
 from services.search.prefetch import prefetch
 from services.search.settings import INDEX_FILE, METADATA_FILE
 from tests.search.conftest import Collection, rows_for, unit_vectors, write_collection
@@ -97,3 +97,23 @@ def test_a_stop_while_reading_ends_it_within_a_chunk(tmp_path: Path) -> None:
     threading.Timer(0.05, stop.set).start()
     done = prefetch([path, path], stop=stop, chunk=16)  # 16-byte reads: far longer than 50 ms for 4 MB
     assert done.stopped and 0 < done.bytes < 4_000_000 and done.files < 2
+
+
+def test_a_sidecar_folder_that_cannot_be_listed_leaves_its_open_arrays_to_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder readable by name but not listable (mode 711), or moved since it was opened, made the prefetch
+    raise in the event loop and the shutdown that awaits it fail with a traceback ("Application shutdown
+    failed"). Moved here (a mode would not stop root): the arrays it has open are still listed, and nothing
+    raises."""
+    folder = tmp_path / "c"
+    collection = write_collection(folder, unit_vectors(64, 8), rows_for(64), "Flat")
+    sidecar = LookupSidecar(default_sidecar_path(collection.folder / METADATA_FILE))
+    moved = sidecar.folder.rename(tmp_path / "moved.lookup")
+    assert not sidecar.folder.exists() and moved.is_dir()
+    with caplog.at_level(logging.WARNING, logger="services.search.lookup"):
+        files = sidecar.files()
+    assert [path.name for path in files] == ["flags.npy", "taxon.npy"]
+    assert "could not list the sidecar" in caplog.text
+    done = prefetch(files, stop=threading.Event())
+    assert done.files == 0 and not done.stopped  # gone with the folder: skipped with a warning, as any unreadable file

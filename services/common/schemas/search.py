@@ -195,7 +195,10 @@ class SearchStats(BaseModel):
 class TaxonSuggestion(BaseModel):
     """A name the collection holds, at one rank, with how many records carry it."""
 
-    name: str = Field(description="As the collection spells it; at `species`, genus and epithet.")
+    name: str = Field(
+        description="As the collection spells it (spelt several ways, the spelling most of its records carry); at "
+        "`species`, genus and epithet."
+    )
     rank: FilterRank = Field(description="The rank it names (a taxon filter's rank).")
     count: int = Field(ge=0, description="Records carrying this name at this rank.")
 
