@@ -9,8 +9,11 @@ replica sees the request as if the name had been dialled.
 
 Spreading is least-outstanding-requests, ties broken round-robin (as Envoy's and NGINX's `least_conn`).
 A replica that refuses a connection, does not accept one in time, drops one under a call, or answers
-503 is down for a back-off that doubles with each failure in a row (up to a ceiling) and ends at its
-first good answer; while it is down, calls go to the others. When every replica is down, the one due
+503 for itself (still loading, or a 503 that is not one of the services' error answers: a proxy's) is
+down for a back-off that doubles with each failure in a row (up to a ceiling) and ends at its first
+good answer; while it is down, calls go to the others. A 503 with another error code says one resource
+is unavailable on a working replica (its taxon names not loaded, its labels not configured): that call
+is tried on another replica, but the replica stays in for the rest. When every replica is down, the one due
 back soonest is tried, so one replica alone behaves as before. httpx's transports have no notion of
 several origins behind one client, hence this module; it imports nothing from the web framework.
 """
@@ -30,6 +33,7 @@ import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.common.errors import NotReady
 from services.common.http import CLOSED_CONNECTION, describe, send_idempotent
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,19 @@ def is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def unavailable_as_a_whole(response: httpx.Response) -> bool:
+    """Whether a 503 says the replica serves nothing now: it is still loading (`not_ready`), or the answer is
+    not one of the services' JSON errors (a proxy's 503, a readiness body). Any other error code names one
+    unavailable resource of a replica that is up (services/common/errors.py)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code is None or code == NotReady.code
 
 
 @dataclass(eq=False)
@@ -255,8 +272,11 @@ class Upstream:
         try:
             response = await send(replica)
             if response.status_code == 503:
-                outcome = "unavailable"  # loading, or shedding load: another replica may answer
-                self._down(replica, f"answered 503 ({response.text[:160]})")
+                outcome = "unavailable"  # another replica may answer
+                if unavailable_as_a_whole(response):
+                    self._down(replica, f"answered 503 ({response.text[:160]})")
+                else:
+                    self.replicas.succeeded(replica)  # alive and answering: only this resource is not
             else:
                 outcome = "answered"
                 self.replicas.succeeded(replica)

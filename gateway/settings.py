@@ -80,7 +80,8 @@ class GatewaySettings(ServiceSettings):
         gt=0,
         description=(
             "Seconds a replica that refused or dropped a connection, did not accept one in time, or answered "
-            "503 is left out; doubled for each further failure in a row, up to GATEWAY_REPLICA_MAX_BACKOFF."
+            "503 for itself (loading) is left out; doubled for each further failure in a row, up to "
+            "GATEWAY_REPLICA_MAX_BACKOFF."
         ),
     )
     replica_max_backoff: float = Field(30.0, gt=0, description="Longest time, in seconds, a replica is left out.")

@@ -248,8 +248,10 @@ def _handler(seen: list[str], modes: list[str], index: int) -> type[BaseHTTPRequ
             seen.append(self.headers.get("Host", ""))
             if mode == "stall":  # a SIGSTOPped process: the connection is accepted, nothing answers in time
                 time.sleep(1.5)
-            status = 503 if mode == "503" else 200
+            status = 503 if mode.startswith("503") else 200
             body = json.dumps({"replica": index, "reason": "loading"}).encode()
+            if mode.startswith("503 "):  # a service's own error answer, with its code
+                body = json.dumps({"error": {"code": mode[4:], "message": f"replica {index}"}}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -347,6 +349,24 @@ def test_a_replica_dropping_the_connection_or_answering_503_is_retried_on_anothe
     dropped, unavailable, _ = list(upstream.replicas)
     assert dropped.requests["dropped"] >= 1 and "dropped the connection" in str(dropped.reason)
     assert unavailable.requests == {"unavailable": 1} and "503" in str(unavailable.reason)
+
+
+def test_a_503_for_one_resource_sends_the_call_elsewhere_but_leaves_the_replica_in() -> None:
+    """The taxon names not loaded on one search replica: its searches still work, so it is not left out."""
+    with replicas_on(["127.0.0.1", "127.0.0.1"]) as running:
+        running.modes[0] = "503 metadata_unavailable"
+        upstream = _upstream([running.url(0), running.url(1)], backoff=30.0)
+        answers = _calls(upstream, 4)
+        resource, other = list(upstream.replicas)
+        assert answers == [1, 1, 1, 1]
+        assert resource.requests["unavailable"] >= 2  # asked again: not left out for 30 s
+        assert resource.reason is None and other.requests["answered"] == 4
+        running.modes[0] = "503 not_ready"
+        _calls(upstream, 4)
+        assert resource.reason is not None and "not_ready" in resource.reason  # loading: left out
+    with replicas_on(["127.0.0.1"]) as running:
+        running.modes[0] = "503 metadata_unavailable"
+        assert _calls(_upstream([running.url(0)]), 2) == [-503, -503]  # alone, its 503 is passed on
 
 
 def test_a_stalled_replica_is_left_out_after_one_cheap_call_times_out() -> None:
