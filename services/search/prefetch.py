@@ -3,8 +3,8 @@ queries after a restart do not wait for the disk: what `vmtouch -t` or `cat file
 
 A memory-mapped index and the lookup sidecar are paged in as queries touch them; on a cold page cache the
 first searches at 200M vectors took ~0.1-1 s each (docs/benchmarks/scale.md). Reading the files once,
-sequentially, costs their size in disk reads (~50 s for 14 GB at 275 MB/s) and no process memory: the
-pages belong to the kernel's cache, which may drop them again under memory pressure.
+sequentially, costs their size in disk reads (14.4 GB in 28 s there) and no process memory: the pages
+belong to the kernel's cache, which may drop them again under memory pressure.
 """
 
 from __future__ import annotations
