@@ -581,6 +581,7 @@ def report(results: list[dict[str, Any]]) -> str:
         return " / ".join(str(v) for v in start.get("stages", {}).values()) or "?"
 
     row("ready, coarse graph built: s (CPU s)", [ready(r["startup_graph_built"]) for r in results])
+    row("  then the first query: ms", [r["startup_graph_built"].get("first_query_ms", "?") for r in results])
     row("ready, graph cached, cold page cache: s (CPU s)", [ready(r["startup_cached"]) for r in results])
     row("  stages: imports / index open / graph read / metadata+sidecar open (s)", [
         stages(r["startup_cached"]) for r in results])  # fmt: skip
