@@ -144,19 +144,27 @@ def major_faults(pid: int) -> int:
     return int(fields[9])
 
 
-def startup_stages(log: Path, launched: datetime) -> dict[str, float]:
-    """Seconds between launch and the service's start-up log lines: imports, index open, graph, metadata open."""
-    marks: dict[str, datetime] = {"launch": launched}
-    patterns = {
-        "process": "Started server process",
-        "index": "services.search.index: opened",
-        "graph": "coarse HNSW quantizer",
-        "metadata": "services.search.app: candidates judged by",  # the metadata and its sidecar opened
-    }
+def log_marks(log: Path, patterns: dict[str, str]) -> dict[str, datetime]:
+    """The time of the first line of the service's log containing each pattern (names without a line left out)."""
+    marks: dict[str, datetime] = {}
     for line in log.read_text().splitlines():
         for name, pattern in patterns.items():
             if pattern in line and name not in marks:
                 marks[name] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return marks
+
+
+def startup_stages(log: Path, launched: datetime) -> dict[str, float]:
+    """Seconds between launch and the service's start-up log lines: imports, index open, graph, metadata open."""
+    marks = {"launch": launched} | log_marks(
+        log,
+        {
+            "process": "Started server process",
+            "index": "services.search.index: opened",
+            "graph": "coarse HNSW quantizer",
+            "metadata": "services.search.app: candidates judged by",  # the metadata and its sidecar opened
+        },
+    )
     order = [name for name in ("launch", "process", "index", "graph", "metadata") if name in marks]
     return {f"{a}->{b}": round((marks[b] - marks[a]).total_seconds(), 2) for a, b in itertools.pairwise(order)}
 
@@ -164,16 +172,14 @@ def startup_stages(log: Path, launched: datetime) -> dict[str, float]:
 def background_ended(log: Path) -> dict[str, float | None]:
     """Seconds after ready (the service's "Application startup complete") at which its log says the taxon names
     and the similarity scale were done; None for what it never logged."""
-    marks: dict[str, datetime] = {}
-    patterns = {
-        "ready": "Application startup complete",
-        "taxa_s": "services.search.app: taxon names:",
-        "similarity_scale_s": "similarity scale from",
-    }
-    for line in log.read_text().splitlines():
-        for name, pattern in patterns.items():
-            if pattern in line and name not in marks:
-                marks[name] = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    marks = log_marks(
+        log,
+        {
+            "ready": "Application startup complete",
+            "taxa_s": "services.search.app: taxon names:",
+            "similarity_scale_s": "similarity scale from",
+        },
+    )
     ready = marks.get("ready")
     return {
         name: round((marks[name] - ready).total_seconds(), 1) if ready and name in marks else None
