@@ -29,12 +29,12 @@ from services.search.taxa import TaxaError, TaxonIndex
 
 logger = logging.getLogger(__name__)
 
-# The search errors' statuses beyond the shared kinds' (UnknownRecord 404, DimensionMismatch 422,
-# NotReconstructable 501 come from theirs); the note names the setting an operator changes.
 # A transient failure to load the taxon names (DuckDB out of its memory limit) is tried again after this many
 # seconds, doubling each time up to the maximum.
 TAXA_RETRY_S = 5.0
 TAXA_RETRY_MAX_S = 300.0
+# The search errors' statuses beyond the shared kinds' (UnknownRecord 404, DimensionMismatch 422,
+# NotReconstructable 501 come from theirs); the note names the setting an operator changes.
 ERROR_STATUS: StatusTable = {NoDirectMap: Status(501, note="SEARCH_DIRECT_MAP=off")}
 
 
@@ -102,12 +102,9 @@ async def load_taxa(app: FastAPI) -> None:
                 f"the taxon names could not be loaded ({exc.message}); the search service tries again",
                 retry_at=time.monotonic() + delay,
             )
-            # In steps, so that a shutdown does not wait out the delay.
-            until = time.monotonic() + delay
-            while time.monotonic() < until:
-                if stopping.is_set():
-                    return
-                await asyncio.sleep(min(0.2, max(until - time.monotonic(), 0)))
+            # Waiting on the stop event itself: a shutdown ends the wait at once instead of sitting it out.
+            if await asyncio.to_thread(stopping.wait, delay):
+                return
             delay = min(2 * delay, TAXA_RETRY_MAX_S)
         except Exception:  # the service still searches; the suggestions stay unavailable and say so
             logger.exception("could not load the taxon names")
