@@ -495,7 +495,7 @@
     renderTree(result.tree);
     renderHits(result);
     searchKind = result.query;
-    if (similarityScaleKnown) showSimilarityScale(similarityScale);
+    if (similarityScale) showSimilarityScale(similarityScale);
     else loadInfo({ retry: true });
   }
 
@@ -1252,7 +1252,6 @@
 
   // The search service measures its similarity scale after it starts: until then (or when it cannot),
   // /api/info has none, and a search asks again, at most every 10 seconds.
-  let similarityScaleKnown = false;
   let infoAskedAt = 0;
   const INFO_RETRY_MS = 10_000;
 
@@ -1278,7 +1277,7 @@
   // nothing at all when it has not (no taxonomy, too few records): no number is made up here. The figures
   // are photo against photo: a search by name (a name's vector against photos') scores far lower, so the
   // note says so there instead of making every name search look like a miss.
-  let similarityScale = null;
+  let similarityScale = null; // once measured: what /api/info said
   let searchKind = null;
 
   // Rounded down to the cards' 3 places: a bound never reads higher than measured (0.9996 is not "1.000").
@@ -1294,7 +1293,6 @@
       return;
     }
     similarityScale = scale;
-    similarityScaleKnown = true;
     const photos =
       `the nearest other photo of the same species typically scores above ${floor3(same.p25)} (3 in 4 do; ` +
       `median ${floor3(same.median)}); photos of other genera score around ${floor3(unrelated.median)}. ` +
