@@ -11,11 +11,12 @@ Spreading is least-outstanding-requests, ties broken round-robin (as Envoy's and
 A replica that refuses a connection, does not accept one in time, drops one under a call, or answers
 503 for itself (still loading, or a 503 that is not one of the services' error answers: a proxy's) is
 down for a back-off that doubles with each failure in a row (up to a ceiling) and ends at its first
-good answer; while it is down, calls go to the others. A 503 with another error code says one resource
-is unavailable on a working replica (its taxon names not loaded, its labels not configured): that call
-is tried on another replica, but the replica stays in for the rest. When every replica is down, the one due
-back soonest is tried, so one replica alone behaves as before. httpx's transports have no notion of
-several origins behind one client, hence this module; it imports nothing from the web framework.
+good answer; while it is down, calls go to the others. A 503 with another error code, or a `not_ready`
+that names a resource, says one resource is unavailable on a working replica (its taxon names loading or
+not loaded, its labels not configured): that call is tried on another replica, but the replica stays in.
+When every replica is down, the one due back soonest is tried, so one replica alone behaves as before.
+httpx's transports have no notion of several origins behind one client, hence this module; it imports
+nothing from the web framework.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def is_address(host: str) -> bool:
 
 
 def unavailable_as_a_whole(response: httpx.Response) -> bool:
-    """Whether a 503 says the replica serves nothing now: it is still loading (`not_ready`), or the answer is
-    not one of the services' JSON errors (a proxy's 503, a readiness body). Any other error code names one
+    """Whether a 503 says the replica serves nothing now: it is still loading (`not_ready` naming no `resource`
+    in its details), or the answer is not one of the services' JSON errors (a proxy's 503, a readiness body).
+    Any other error code, or a `not_ready` naming a resource (the taxon names still loading), is one
     unavailable resource of a replica that is up (services/common/errors.py)."""
     try:
         body = response.json()
@@ -72,7 +74,9 @@ def unavailable_as_a_whole(response: httpx.Response) -> bool:
         return True
     error = body.get("error") if isinstance(body, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
-    return code is None or code == NotReady.code
+    details = error.get("details") if isinstance(error, dict) else None
+    one_resource = isinstance(details, dict) and details.get("resource") is not None
+    return code is None or (code == NotReady.code and not one_resource)
 
 
 @dataclass(eq=False)

@@ -32,7 +32,8 @@ def get_taxa(request: Request) -> TaxonIndex:
             # while the service will try again.
             retry = None if failed.retry_at is None else max(1.0, math.ceil(failed.retry_at - time.monotonic()))
             raise MetadataUnavailable(failed.message, retry_after=retry)
-        raise NotReady("the taxon names are not loaded yet")
+        # `resource`: only the names are loading; the service searches (the gateway keeps the replica in).
+        raise NotReady("the taxon names are not loaded yet", details={"resource": "taxon_names"})
     return taxa
 
 

@@ -250,8 +250,12 @@ def _handler(seen: list[str], modes: list[str], index: int) -> type[BaseHTTPRequ
                 time.sleep(1.5)
             status = 503 if mode.startswith("503") else 200
             body = json.dumps({"replica": index, "reason": "loading"}).encode()
-            if mode.startswith("503 "):  # a service's own error answer, with its code
-                body = json.dumps({"error": {"code": mode[4:], "message": f"replica {index}"}}).encode()
+            if mode.startswith("503 "):  # a service's own error answer, with its code (and "code resource")
+                code, _, resource = mode[4:].partition(" ")
+                error = {"code": code, "message": f"replica {index}"}
+                if resource:
+                    error["details"] = {"resource": resource}
+                body = json.dumps({"error": error}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -367,6 +371,16 @@ def test_a_503_for_one_resource_sends_the_call_elsewhere_but_leaves_the_replica_
     with replicas_on(["127.0.0.1"]) as running:
         running.modes[0] = "503 metadata_unavailable"
         assert _calls(_upstream([running.url(0)]), 2) == [-503, -503]  # alone, its 503 is passed on
+
+
+def test_a_replica_still_loading_one_resource_stays_in() -> None:
+    """The taxon names loading after the search service is ready: not_ready for them alone."""
+    with replicas_on(["127.0.0.1", "127.0.0.1"]) as running:
+        running.modes[0] = "503 not_ready taxon_names"
+        upstream = _upstream([running.url(0), running.url(1)], backoff=30.0)
+        assert _calls(upstream, 4) == [1, 1, 1, 1]
+        loading, _ = list(upstream.replicas)
+        assert loading.reason is None and loading.requests["unavailable"] >= 2
 
 
 def test_a_stalled_replica_is_left_out_after_one_cheap_call_times_out() -> None:
