@@ -764,9 +764,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, action="append", help="sizes to measure (default: 1M, 10M, 50M, 200M)")
     parser.add_argument("--keep", action="store_true", help="keep each collection after measuring it")
-    parser.add_argument("--per-cell", type=int, default=100, help="queries per grid cell")
-    parser.add_argument("--headline", type=int, default=300, help="queries per headline cell (top 10, nprobe 16)")
-    parser.add_argument("--fallback-per-cell", type=int, default=20, help="queries per cell without the sidecar")
+    parser.add_argument("--per-cell", type=int, default=100, help="queries per grid cell (default 100)")
+    parser.add_argument(
+        "--headline",
+        type=int,
+        default=300,
+        help="queries per headline cell (top 10, nprobe 16: all, inaturalist, class; default 300)",
+    )
+    parser.add_argument(
+        "--fallback-per-cell", type=int, default=20, help="queries per cell without the sidecar (default 20)"
+    )
     parser.add_argument("--report", action="store_true", help="only render the results so far")
     parser.add_argument("--write", type=Path, help="put the tables into this Markdown file, between the markers")
     parser.add_argument("--index-only", type=int, help="measure only the index of this (already made) size")
@@ -795,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(report(load_results()), flush=True)
     tables = report(load_results())
-    print(tables)
+    if args.report:  # after measuring, the last size's report above already holds every size
+        print(tables)
     if args.write:
         text = args.write.read_text()
         head, rest = text.split(BEGIN, 1)
