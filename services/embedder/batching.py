@@ -47,12 +47,13 @@ class _Item(Generic[In, Out]):
 
 @dataclass
 class BatchStats:
-    """What the batcher has done, for logs and tests: how many batches of which sizes."""
+    """What the batcher has done, for logs and tests: how many batches of which sizes, and seconds running them."""
 
     batches: int = 0
     items: int = 0
     largest: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0  # running batches (their hops to the model thread included)
 
     def record(self, size: int) -> None:
         self.batches += 1
@@ -189,11 +190,23 @@ class Batcher(Generic[In, Out]):
                 callers.add(item.caller)
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            idle = loop.time()
             batch = await self._gather()
             self.stats.record(len(batch))
+            started = loop.time()
             try:
                 results = await self._run_batch([item.value for item in batch])
+                ran = loop.time() - started
+                self.stats.seconds += ran
+                logger.debug(
+                    "a batch of %d from %d callers: %.0f ms gathering, %.0f ms running",
+                    len(batch),
+                    len({item.caller for item in batch}),
+                    (started - idle) * 1000,
+                    ran * 1000,
+                )
                 if len(results) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
             except asyncio.CancelledError:

@@ -34,6 +34,7 @@ from services.embedder import classify
 from services.embedder.batching import Batcher
 from services.embedder.errors import LabelsNotConfigured, ModelLoadError
 from services.embedder.labels import LabelsError, LabelVectors, TreeOfLife, load_tree_of_life
+from services.embedder.memory import keep_freed_memory
 from services.embedder.model import LoadedModel, describe_transform, load_model
 from services.embedder.settings import EmbedderSettings
 
@@ -81,6 +82,7 @@ def single_threaded(func: Callable[..., T], *args: Any) -> T:
 
 def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife | None]:
     """The model, then the TreeOfLife labels when configured; any failure is a ModelLoadError naming the setting."""
+    keep_freed_memory(settings.malloc_threshold_mb)  # before the model's first allocations
     model = load_model(settings)
     tree = None
     if settings.tree_of_life_dir is not None:
@@ -120,9 +122,10 @@ class Embedder:
         stats = self.batcher.stats
         if stats.batches:
             logger.info(
-                "batching: %d images in %d forward passes (largest %d; passes by size: %s)",
+                "batching: %d images in %d forward passes, %.1f s (largest %d; passes by size: %s)",
                 stats.items,
                 stats.batches,
+                stats.seconds,
                 stats.largest,
                 ", ".join(f"{size}: {count}" for size, count in sorted(stats.sizes.items())),
             )

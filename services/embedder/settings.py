@@ -64,6 +64,15 @@ class EmbedderSettings(ServiceSettings):
         "after a pass several requests shared, as many requests as shared it (the first request after such a pass "
         "waits however late it comes; a lone request after a lone pass never waits).",
     )
+    malloc_threshold_mb: int = Field(
+        1024,
+        ge=0,
+        le=2047,
+        description="glibc's mmap and trim thresholds, in MiB: a forward pass's large activations are freed into, "
+        "and taken again from, the heap instead of being unmapped and page-faulted in again on every pass (a "
+        "batch of 8 is 12-17% faster on CPU; docs/benchmarks/embedder.md). Memory a pass freed stays in the "
+        "process for the next. 0 keeps glibc's own policy; without glibc (musl, macOS) nothing is set.",
+    )
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")
     max_image_pixels: int = Field(
