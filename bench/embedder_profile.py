@@ -1,85 +1,188 @@
-"""Where the embedder service's time goes under concurrent clients: every thread sampled, by activity.
+"""Where the embedder's time goes under concurrent clients: the service's passes, the model's operators, its GEMMs.
 
-Runs the service app under uvicorn in this process (127.0.0.1, a free port), sends `--clients` concurrent
-clients' images from other threads, and meanwhile samples the Python stack of every service thread (the
-event loop, the blocking pool's workers) every 10 ms with `sys._current_frames()`. A sample is put in one
-bucket by its stack: the forward pass (`encode_image`), decoding (`decode_image`), preprocessing (the
-transform), multipart and HTTP work, JSON, the batcher, or idle (waiting for work). The shares say whether
-the CPUs run the model or something else, and what the event loop thread does. (py-spy, the usual tool,
-cannot read this machine's processes.)
+Three measurements, one question each, run one after the other so that none shares the CPU with another:
 
-    python -m bench.embedder_profile --precision fp32 --clients 8 --requests-per-client 2
+1. The service, a real process on 127.0.0.1 logging each forward pass (EMBEDDER_LOG_LEVEL=DEBUG):
+   `--singles` requests one at a time, then `--clients` clients x `--requests-per-client` requests. For each
+   phase: images/s, the seconds its batcher spent running passes against the wall time, the passes' sizes and
+   the waits between them, and the process's minor page faults and system CPU seconds (/proc/PID/stat).
+   Is the service busy with forward passes, or with something between them?
+2. In-process, torch.profiler over one forward pass at batch 1 and at batch `--clients`: ms per image each
+   way and the operators' shares. What does a batch make cheaper?
+3. The GEMMs that dominate a ViT (the MLP's: tokens x width by width x 4 width, and back) at M = tokens and
+   M = clients x tokens, on the model's torch threads: GFLOP/s each way. How much cheaper can a batch be on
+   this CPU at all, whatever the service does?
+
+    python -m bench.embedder_profile                                  # ViT-L-14, fp32, 8 clients x 4
+    python -m bench.embedder_profile --set malloc_threshold_mb=0      # glibc's own malloc policy, to compare
+
+Prints a JSON report (and writes it to --out). A per-thread Python stack sampler was tried before and is gone:
+with the clients in the service's process it counted their GIL contention as time between passes.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import logging
+import re
+import statistics
 import sys
-import threading
+import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import httpx
-import uvicorn
+import torch
 
 from bench.embedder import _free_port, _post, varied_images
-from services.embedder.app import create_app
+from bench.proc import ProcStat, proc_stat
+from services.embedder.memory import keep_freed_memory
+from services.embedder.model import LoadedModel, load_model
 from services.embedder.settings import EmbedderSettings
+from stack.processes import service
 
 logger = logging.getLogger(__name__)
 
-# First match wins, searched from the innermost frame outwards.
-BUCKETS = (
-    ("forward", ("encode_image", "embed_pixels", "embed_batch", "run (onnxruntime")),
-    ("text", ("encode_text",)),
-    ("decode", ("decode_image",)),
-    ("preprocess", ("prepare", "transforms")),
-    ("multipart/http", ("multipart", "h11_impl", "httptools_impl", "formparsers", "_read_uploads", "starlette/")),
-    ("json", ("jsonable_encoder", "serialize", "tolist", "model_dump", "render")),
-    ("batcher", ("batching.py",)),
-)
-IDLE = ("threading.py)", "selectors.py)", "queue.py)", "_worker (futures/thread.py)")  # waiting for work
+# The batcher's per-pass debug line (services/embedder/batching.py).
+PASS = re.compile(r"a batch of (\d+) from (\d+) callers: (\d+) ms gathering, (\d+) ms running")
 
 
-def bucket(frames: list[str]) -> str:
-    if frames and frames[-1].endswith(IDLE):
-        return "idle"
-    for frame in reversed(frames):
-        for name, marks in BUCKETS:
-            if any(mark in frame for mark in marks):
-                return name
-    return "other"
+def _settings(args: argparse.Namespace) -> dict[str, str]:
+    fields = {"model": args.model, "random_weights": "true", "precision": args.precision}
+    fields |= {"max_batch_size": str(args.clients), **dict(item.split("=", 1) for item in args.set)}
+    return fields
 
 
-class Sampler(threading.Thread):
-    """Samples the stacks of the threads not started by this benchmark, every `interval` seconds."""
+def _phase(pid: int, log: Path, run: Any) -> dict[str, Any]:
+    """Run `run()` (which returns how many images it sent) and what the service did meanwhile."""
+    lines_before = len(log.read_text().splitlines())
+    before: ProcStat = proc_stat(pid)
+    started = time.perf_counter()
+    images = run()
+    wall = time.perf_counter() - started
+    after = proc_stat(pid)
+    passes = [tuple(map(int, m.groups())) for m in map(PASS.search, log.read_text().splitlines()[lines_before:]) if m]
+    running = sum(p[3] for p in passes) / 1000
+    return {
+        "images": images,
+        "seconds": round(wall, 2),
+        "images_per_s": round(images / wall, 3),
+        "passes": [p[0] for p in passes],
+        "seconds_in_passes": round(running, 2),
+        "share_in_passes": round(running / wall, 3),
+        "ms_per_image_in_passes": round(running * 1000 / max(1, sum(p[0] for p in passes))),
+        "gathering_ms": [p[2] for p in passes],
+        "running_ms": [p[3] for p in passes],
+        "minor_faults": after.minor_faults - before.minor_faults,
+        "system_s": round(after.system_s - before.system_s, 2),
+        "user_s": round(after.user_s - before.user_s, 2),
+    }
 
-    def __init__(self, interval: float, skip: set[int]) -> None:
-        super().__init__(name="sampler", daemon=True)
-        self.interval, self.skip = interval, skip
-        self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self.stop = threading.Event()
-        self.innermost: collections.Counter[str] = collections.Counter()
 
-    def run(self) -> None:
-        names = {}
-        while not self.stop.wait(self.interval):
-            names.update({t.ident: t.name for t in threading.enumerate()})
-            for ident, frame in sys._current_frames().items():
-                name = names.get(ident, str(ident))
-                if ident in self.skip or name.startswith(("client", "sampler")):
-                    continue
-                frames = [
-                    f"{f.name} ({'/'.join(f.filename.rsplit('/', 2)[-2:])})" for f in traceback.extract_stack(frame)
-                ]
-                if frames and not frames[-1].endswith(("threading.py)", "selectors.py)", "queue.py)")):
-                    self.innermost[frames[-1]] += 1
-                kind = "event loop" if any("run_forever" in f for f in frames) else "worker"
-                self.counts[kind][bucket(frames)] += 1
+def profile_service(args: argparse.Namespace) -> dict[str, Any]:
+    """Part 1: the service as a process, one request at a time and then under concurrent clients."""
+    env = {f"EMBEDDER_{name.upper()}": value for name, value in _settings(args).items()}
+    env["EMBEDDER_LOG_LEVEL"] = "DEBUG"
+    logs = Path(tempfile.mkdtemp(prefix="embedder-profile-"))
+    process = service("embedder", port=_free_port(), env=env, log_dir=logs)
+    process.start()
+    images = varied_images(12)
+    url = process.url + "/v1/embed/image"
+    try:
+        process.wait_ready(timeout=1800)
+        assert process.process is not None and process.log_path is not None
+        pid, log = process.process.pid, process.log_path
+        with httpx.Client(timeout=1800) as client:
+            for sample in images[:2]:  # the first real images are not timed (as in bench.embedder)
+                _post(client, url, *sample)
+
+            def singles() -> int:
+                for i in range(args.singles):
+                    _post(client, url, *images[i % len(images)])
+                return args.singles
+
+            one_at_a_time = _phase(pid, log, singles)
+
+        def clients() -> int:
+            def loop(index: int) -> int:
+                with httpx.Client(timeout=1800) as client:
+                    for r in range(args.requests_per_client):
+                        _post(client, url, *images[(index * args.requests_per_client + r) % len(images)])
+                return args.requests_per_client
+
+            with ThreadPoolExecutor(args.clients) as pool:
+                return sum(pool.map(loop, range(args.clients)))
+
+        time.sleep(args.pause)
+        concurrent = _phase(pid, log, clients)
+        rss_mb = round(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) / 1024)
+    finally:
+        process.stop(grace=60)
+    return {
+        "one_at_a_time": one_at_a_time,
+        "concurrent": concurrent,
+        "gain": round(concurrent["images_per_s"] / one_at_a_time["images_per_s"], 3),
+        "rss_mb_after": rss_mb,
+    }
+
+
+def _top_operators(prof: torch.profiler.profile, total_ms: float, count: int = 8) -> dict[str, float]:
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:count]
+    return {e.key: round(e.self_cpu_time_total / 1000 / total_ms, 3) for e in events}
+
+
+def profile_operators(args: argparse.Namespace, model: LoadedModel) -> dict[str, Any]:
+    """Part 2: one forward pass at batch 1 and at batch `clients`, in-process, under torch.profiler."""
+    pixels = torch.randn(args.clients, 3, model.image_size, model.image_size)
+    model.embed_pixels(pixels[:1])
+    model.embed_pixels(pixels)
+    found: dict[str, Any] = {}
+    for batch in (1, args.clients):
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            model.embed_pixels(pixels[:batch])
+            times.append((time.perf_counter() - started) * 1000 / batch)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            started = time.perf_counter()
+            model.embed_pixels(pixels[:batch])
+            profiled_ms = (time.perf_counter() - started) * 1000
+        found[f"batch_{batch}"] = {
+            "ms_per_image": round(statistics.median(times), 1),
+            "ms_per_image_runs": [round(t, 1) for t in times],
+            "operator_shares": _top_operators(prof, profiled_ms) if model.int8 is None else "(ONNX Runtime: not seen)",
+        }
+    found["batch_gain"] = round(found["batch_1"]["ms_per_image"] / found[f"batch_{args.clients}"]["ms_per_image"], 3)
+    return found
+
+
+def profile_gemm(args: argparse.Namespace, model: LoadedModel) -> dict[str, Any]:
+    """Part 3: the MLP's two fp32 GEMMs at one image's rows and at a batch's, GFLOP/s."""
+    visual = model.model.visual
+    width = getattr(getattr(visual, "transformer", None), "width", None)
+    grid = getattr(visual, "grid_size", None)
+    if width is None or grid is None:
+        return {"skipped": f"{model.architecture}'s image tower is not a ViT open_clip describes"}
+    tokens = grid[0] * grid[1] + 1  # the patches and the class token
+    up, down = torch.randn(4 * width, width), torch.randn(width, 4 * width)
+    found: dict[str, Any] = {"width": width, "tokens": tokens}
+    with torch.inference_mode():
+        for batch in (1, args.clients, 1, args.clients):  # twice, alternated: this machine's speed drifts
+            rows = torch.randn(batch * tokens, width)
+            torch.nn.functional.linear(torch.nn.functional.linear(rows, up), down)
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < args.gemm_seconds:
+                torch.nn.functional.linear(torch.nn.functional.linear(rows, up), down)
+                count += 1
+            seconds = (time.perf_counter() - started) / count
+            gflops = 2 * 2 * batch * tokens * width * 4 * width / seconds / 1e9
+            found.setdefault(f"gflop_per_s_m{batch * tokens}", []).append(round(gflops))
+    one, many = found[f"gflop_per_s_m{tokens}"], found[f"gflop_per_s_m{args.clients * tokens}"]
+    found["batch_gain"] = round(statistics.mean(many) / statistics.mean(one), 3)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,51 +190,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ViT-L-14")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--singles", type=int, default=6, help="requests one at a time before the clients")
+    parser.add_argument("--repeats", type=int, default=3, help="forward passes per batch size in part 2")
+    parser.add_argument("--gemm-seconds", type=float, default=3.0, help="how long each GEMM shape is timed")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between phases")
     parser.add_argument("--set", action="append", default=[], help="another embedder setting, name=value")
+    parser.add_argument("--skip-service", action="store_true", help="parts 2 and 3 only")
+    parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    fields = {"model": args.model, "random_weights": True, "precision": args.precision, "port": _free_port()}
-    fields |= {"max_batch_size": args.clients} | dict(item.split("=", 1) for item in args.set)
-    settings = EmbedderSettings.model_validate(fields)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
-                                           log_config=None, access_log=False))  # fmt: skip
-    serving = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    serving.start()
-    base = f"http://127.0.0.1:{settings.port}"
-    images = varied_images(12)
-    with httpx.Client(timeout=1800) as client:
-        while client.get(base + "/readyz").status_code != 200:
-            time.sleep(0.2)
-        _post(client, base + "/v1/embed/image", *images[0])
-
-    def client_loop(index: int) -> list[float]:
-        with httpx.Client(timeout=1800) as client:
-            return [
-                _post(client, base + "/v1/embed/image", *images[(index * args.requests_per_client + r) % len(images)])
-                for r in range(args.requests_per_client)
-            ]
-
-    sampler = Sampler(0.01, {threading.get_ident()})
-    sampler.start()
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.clients, thread_name_prefix="client") as pool:
-        latencies = [ms for found in pool.map(client_loop, range(args.clients)) for ms in found]
-    seconds = time.perf_counter() - t0
-    sampler.stop.set()
-    sampler.join()
-    stats = server.config.app.state.embedder.batcher.stats  # type: ignore[attr-defined]
-    server.should_exit = True
-    serving.join(timeout=60)
-    result = {
-        "settings": {k: v for k, v in fields.items() if k != "port"},
-        "images_per_s": round(len(latencies) / seconds, 4),
-        "seconds": round(seconds, 1),
-        "batches": dict(sorted(stats.sizes.items())),
-        "samples_per_thread_kind": {kind: dict(c.most_common()) for kind, c in sampler.counts.items()},
-        "busiest_frames": dict(sampler.innermost.most_common(12)),
-    }
-    print(json.dumps(result, indent=1))
+    settings = EmbedderSettings.model_validate(_settings(args))
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    report: dict[str, Any] = {"settings": _settings(args), "started": started}
+    if not args.skip_service:
+        report["service"] = profile_service(args)
+    # In-process after the service has stopped, with its allocator policy: nothing else computes meanwhile.
+    report["malloc_thresholds_set"] = keep_freed_memory(settings.malloc_threshold_mb)
+    model = load_model(settings)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    report["torch_threads"] = torch.get_num_threads()
+    report["operators"] = profile_operators(args, model)
+    report["gemm"] = profile_gemm(args, model)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
     return 0
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from bench.proc import proc_stat
 from stack.demo_labels import write_species_labels
 from stack.processes import ROOT, ServiceProcess, service
 from stack.tiny_model import write_tiny_model
@@ -187,12 +188,6 @@ def bench_uploads(work: Path, *, clients: int, bounds: list[int], rate: float) -
     return results
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (its own, from /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _evict_libraries() -> None:
     """Drop the interpreter's libraries from the page cache (posix_fadvise DONTNEED, file by file), so the next
     start reads them from disk. Pages other running processes have mapped stay resident: partly cold."""
@@ -230,7 +225,7 @@ def _one_start(work: Path, env: dict[str, str]) -> dict[str, float]:
         return {
             "health_s": marks["/healthz"],
             "ready_s": marks["/readyz"],
-            "cpu_s": _cpu_seconds(process.process.pid),
+            "cpu_s": proc_stat(process.process.pid).cpu_s,
         }
     finally:
         process.stop()

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.proc import proc_stat
 from bench.scale_data import SCALE_DIR, Layout, ScaleShape
 
 logger = logging.getLogger("bench.scale")
@@ -132,16 +133,12 @@ def cached_fraction(folder: Path) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far: what a step cost whatever else was running."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return proc_stat(pid).cpu_s
 
 
 def major_faults(pid: int) -> int:
     """Page faults of a process (all its threads) that had to read from disk: a cold page cache at work."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return int(fields[9])
+    return proc_stat(pid).major_faults
 
 
 def log_marks(log: Path, patterns: dict[str, str]) -> dict[str, datetime]:
