@@ -30,14 +30,13 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
 
-from bench.embedder import _free_port, _post, varied_images
+from bench.embedder import _free_port, _post, run_clients, varied_images
 from bench.proc import ProcStat, proc_stat
 from services.embedder.memory import keep_freed_memory
 from services.embedder.model import LoadedModel, load_model
@@ -107,14 +106,7 @@ def profile_service(args: argparse.Namespace) -> dict[str, Any]:
             one_at_a_time = _phase(pid, log, singles)
 
         def clients() -> int:
-            def loop(index: int) -> int:
-                with httpx.Client(timeout=1800) as client:
-                    for r in range(args.requests_per_client):
-                        _post(client, url, *images[(index * args.requests_per_client + r) % len(images)])
-                return args.requests_per_client
-
-            with ThreadPoolExecutor(args.clients) as pool:
-                return sum(pool.map(loop, range(args.clients)))
+            return run_clients(url, images, args.clients, args.requests_per_client)[0]
 
         time.sleep(args.pause)
         concurrent = _phase(pid, log, clients)
