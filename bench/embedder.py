@@ -407,7 +407,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], runs: list[PrecisionR
         + f"; torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']}; "
         f"AVX2 {_yn(info['avx2'])}, AVX-512F {_yn(info['avx512f'])}, AVX512-BF16 {_yn(info['avx512_bf16'])}, "
         f"AMX-BF16 {_yn(info['amx_bf16'])}. Load average (1 min) {load[0]:.1f} at the start and {load[1]:.1f} at "
-        "the end: other work ran beside it. In-process and service single images were timed in alternation.",
+        "the end (the benchmark's own service and model count: up to 2 when nothing else runs). In-process and "
+        "service single images were timed in alternation.",
         "",
         f"Model {args.model} with random weights on {args.device}; {len(base.inprocess_ms)} single images for "
         f"latency, {args.clients} clients x {args.requests_per_client} requests for throughput; quality on "

@@ -5,9 +5,10 @@ mmap threshold with a fresh mmap() and hands it back with munmap(), and gives th
 kernel above its trim threshold; it raises the mmap threshold as it sees large blocks freed, but never above
 32 MiB. A ViT-L/14 pass over 8 images frees and takes again blocks just above that (8 x 257 x 4096 float32 =
 34 MB for each MLP activation, 8 x 16 x 257 x 257 for each attention map), so every pass page-faults them all
-in again, zeroed by the kernel. Measured on 2 cores (docs/benchmarks/embedder.md): 1.7M minor faults and 6.1 s of
-system time for nine passes, against 0.56M and 3.2 s with both thresholds at 1 GiB, and each pass 12-17% faster.
-The price: memory a pass freed stays in the process for the next (at most the largest pass's working set).
+in again, zeroed by the kernel. Measured in the service on 2 cores (docs/benchmarks/embedder.md, 32 images from 8
+clients): 1.86M minor faults and 7.2 s of system time with glibc's policy, 85k and 3.0 s with both thresholds at
+1 GiB, and the passes 9-11% faster. The price: memory a pass freed stays in the process for the next (at most the
+largest pass's working set: 31 MB more resident after that run).
 """
 
 from __future__ import annotations

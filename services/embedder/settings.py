@@ -69,8 +69,8 @@ class EmbedderSettings(ServiceSettings):
         ge=0,
         le=2047,
         description="glibc's mmap and trim thresholds, in MiB: a forward pass's large activations are freed into, "
-        "and taken again from, the heap instead of being unmapped and page-faulted in again on every pass (a "
-        "batch of 8 is 12-17% faster on CPU; docs/benchmarks/embedder.md). Memory a pass freed stays in the "
+        "and taken again from, the heap instead of being unmapped and page-faulted in again on every pass (the "
+        "passes about 10% faster on CPU; docs/benchmarks/embedder.md). Memory a pass freed stays in the "
         "process for the next. 0 keeps glibc's own policy; without glibc (musl, macOS) nothing is set.",
     )
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
