@@ -44,6 +44,22 @@ def _consistent(choice: PrecisionChoice) -> None:
         assert timings[fastest] <= PROBE_MARGIN * timings["fp32"]
 
 
+def test_an_int8_vector_does_not_depend_on_the_other_inputs_of_its_pass(
+    embedder_settings: EmbedderSettings, tmp_path: Path
+) -> None:
+    # ONNX Runtime's dynamic quantization takes one activation scale per tensor: run as one batch, a photo's
+    # vector would change with the other callers' photos the batcher put beside it (a flat colour beside noise).
+    int8 = load_model(embedder_settings.model_copy(update={"precision": "int8", "cache_dir": tmp_path}))
+    images = _images()
+    together = int8.embed_images(images)
+    alone = np.stack([int8.embed_images([image])[0] for image in images])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    texts = ["a photo of a beetle", "Danaus plexippus", "x" * 300, "a moth at night, photographed from below"]
+    np.testing.assert_allclose(
+        int8.embed_texts(texts), np.stack([int8.embed_texts([text])[0] for text in texts]), rtol=0, atol=1e-6
+    )
+
+
 def test_int8_embeds_images_and_texts_close_to_fp32(embedder_settings: EmbedderSettings) -> None:
     fp32 = load_model(embedder_settings)
     int8 = load_model(embedder_settings.model_copy(update={"precision": "int8"}))
