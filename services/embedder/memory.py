@@ -9,6 +9,11 @@ in again, zeroed by the kernel. Measured in the service on 2 cores (docs/benchma
 clients): 1.86M minor faults and 7.2 s of system time with glibc's policy, 85k and 3.0 s with both thresholds at
 1 GiB, and the passes 9-11% faster. The price: memory a pass freed stays in the process for the next (at most the
 largest pass's working set: 31 MB more resident after that run).
+
+The limit: glibc gives every thread but the main one an arena of heaps of at most 64 MiB, and a block that does not
+fit in one is mapped afresh whatever the thresholds say. The model runs on a thread of its own, so activations
+above 64 MiB (ViT-L/14 at batches of more than 15 images) still fault in on every pass, and an emptied heap is
+unmapped; `MALLOC_ARENA_MAX=1` in the environment puts every thread on the main heap (measured: no faster here).
 """
 
 from __future__ import annotations

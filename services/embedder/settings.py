@@ -71,7 +71,9 @@ class EmbedderSettings(ServiceSettings):
         description="glibc's mmap and trim thresholds, in MiB: a forward pass's large activations are freed into, "
         "and taken again from, the heap instead of being unmapped and page-faulted in again on every pass (the "
         "passes about 10% faster on CPU; docs/benchmarks/embedder.md). Memory a pass freed stays in the "
-        "process for the next. 0 keeps glibc's own policy; without glibc (musl, macOS) nothing is set.",
+        "process for the next. Blocks above 64 MiB (batches of more than 15 ViT-L/14 images) are mapped afresh "
+        "anyway: the model's thread has a glibc thread arena. 0 keeps glibc's own policy; without glibc (musl, "
+        "macOS) nothing is set.",
     )
     max_images_per_request: int = Field(32, ge=1, description="Most images one request may carry.")
     max_request_bytes: int = Field(50_000_000, ge=1, description="Largest request body, in bytes.")
