@@ -26,18 +26,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 import faiss
 import numpy as np
 
 from services.common.images import InvalidImage, decode_image
+from services.embedder.errors import ModelLoadError
 from services.embedder.model import LoadedModel, load_model
+from services.embedder.precision import PrecisionError, check
 from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 TOP_K = 10
+MIN_OWN_COLLECTION = 3 * TOP_K  # photos needed when they are the collection searched (no --index)
 
 
 @dataclass
@@ -168,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-weights", action="store_true", help="allow an architecture without weights")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip() and p.strip() != "fp32"]
+    known = get_args(EmbedderSettings.model_fields["precision"].annotation)
+    if unknown := [p for p in precisions if p not in known]:
+        parser.error(f"--precisions: {', '.join(unknown)} unknown; choose from {', '.join(known)}")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    if not args.photos.is_dir():
+        parser.error(f"--photos {args.photos}: no such folder")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logger.setLevel(logging.INFO)
     base = EmbedderSettings(
@@ -180,26 +192,54 @@ def main(argv: list[str] | None = None) -> int:
         precision="fp32",
     )
     photos = read_photos(args.photos, args.limit, base.max_image_pixels)
-    if len(photos) < 2:
-        print(f"{args.photos}: {len(photos)} decodable photos; at least 2 are needed", file=sys.stderr)
+    # Without an index the collection is the photos themselves: with fewer than 3 x 10 of them each photo's top-10
+    # would be most of the collection, and any precision would overlap fp32's (10 photos or fewer: always 1.0).
+    needed = 2 if args.index is not None else MIN_OWN_COLLECTION
+    if len(photos) < needed:
+        print(
+            f"{args.photos}: {len(photos)} decodable photos; at least {needed} are needed"
+            + ("" if args.index is not None else " without --index (the photos are then the collection searched)"),
+            file=sys.stderr,
+        )
         return 2
+    index, collection = None, f"the {len(photos)} photos' fp32 vectors (exact)"
+    if args.index is not None:
+        index, collection = open_index(args.index, args.nprobe), f"{args.index} (nprobe {args.nprobe})"
+        if index.ntotal < TOP_K:
+            print(f"--index {args.index} holds {index.ntotal} vectors; at least {TOP_K} are needed", file=sys.stderr)
+            return 2
+    import torch
+
+    for precision in precisions:  # before anything is embedded: fp16 on a CPU cannot run at the end either
+        try:
+            check(precision, torch.device(base.device))
+        except PrecisionError as exc:
+            print(f"{precision}: {exc.render(EmbedderSettings.env_name)}", file=sys.stderr)
+            return 2
     vectors: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
-    for precision in ["fp32", *[p.strip() for p in args.precisions.split(",") if p.strip() != "fp32"]]:
-        import torch
-
+    for precision in ["fp32", *precisions]:
         torch.manual_seed(0)  # the same weights for every precision when they are random
-        model = load_model(base.model_copy(update={"precision": precision}))
+        try:
+            model = load_model(base.model_copy(update={"precision": precision}))
+        except ModelLoadError as exc:
+            print(f"{precision}: {exc.render(EmbedderSettings.env_name)}", file=sys.stderr)
+            return 2
+        if index is not None and index.d != model.dim:
+            # Checked before any photo is embedded: the search would otherwise fail after all of them.
+            print(
+                f"--index {args.index} holds {index.d}-d vectors; {args.model} makes {model.dim}-d ones",
+                file=sys.stderr,
+            )
+            return 2
         t0 = time.perf_counter()
         vectors[precision] = embed(model, photos, args.batch, base.max_image_pixels)
         seconds[precision] = time.perf_counter() - t0
         logger.info("%s: %d photos in %.1f s (%s)", precision, len(photos), seconds[precision], model.precision)
         del model
         gc.collect()
-    if args.index is not None:
-        index, collection = open_index(args.index, args.nprobe), f"{args.index} (nprobe {args.nprobe})"
-    else:
-        index, collection = exact_index(vectors["fp32"]), f"the {len(photos)} photos' fp32 vectors (exact)"
+    if index is None:
+        index = exact_index(vectors["fp32"])
     results = [quality(p, index, collection, vectors["fp32"], v, seconds[p]) for p, v in vectors.items() if p != "fp32"]
     print(f"{len(photos)} photos from {args.photos}; collection: {collection}; fp32 took {seconds['fp32']:.1f} s")
     print("| precision | cosine min | cosine 1st pct | cosine median | top-10 overlap mean | min | s | passes |")
