@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import torch
+from pydantic import ValidationError
 
 from bench.embedder import _free_port, _post, run_clients, varied_images
 from bench.proc import ProcStat, proc_stat
@@ -46,7 +47,14 @@ from stack.processes import service
 logger = logging.getLogger(__name__)
 
 # The batcher's per-pass debug line (services/embedder/batching.py).
-PASS = re.compile(r"a batch of (\d+) from (\d+) callers: (\d+) ms gathering, (\d+) ms running")
+PASS = re.compile(r"a batch of (\d+) \(callers: (\d+)\): (\d+) ms gathering, (\d+) ms running")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> dict[str, str]:
@@ -56,12 +64,10 @@ def _settings(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _phase(pid: int, log: Path, run: Any) -> dict[str, Any]:
-    """Run `run()` (which returns how many images it sent) and what the service did meanwhile."""
+    """Run `run()`, which returns (images sent, seconds they took), and what the service did meanwhile."""
     lines_before = len(log.read_text().splitlines())
     before: ProcStat = proc_stat(pid)
-    started = time.perf_counter()
-    images = run()
-    wall = time.perf_counter() - started
+    images, wall = run()
     after = proc_stat(pid)
     passes = [tuple(map(int, m.groups())) for m in map(PASS.search, log.read_text().splitlines()[lines_before:]) if m]
     running = sum(p[3] for p in passes) / 1000
@@ -73,7 +79,8 @@ def _phase(pid: int, log: Path, run: Any) -> dict[str, Any]:
         "seconds_in_passes": round(running, 2),
         "share_in_passes": round(running / wall, 3),
         "ms_per_image_in_passes": round(running * 1000 / max(1, sum(p[0] for p in passes))),
-        "gathering_ms": [p[2] for p in passes],
+        # Before each pass but the phase's first, whose wait includes the idle time before the phase began.
+        "waits_between_passes_ms": [p[2] for p in passes[1:]],
         "running_ms": [p[3] for p in passes],
         "minor_faults": after.minor_faults - before.minor_faults,
         "system_s": round(after.system_s - before.system_s, 2),
@@ -98,15 +105,17 @@ def profile_service(args: argparse.Namespace) -> dict[str, Any]:
             for sample in images[:2]:  # the first real images are not timed (as in bench.embedder)
                 _post(client, url, *sample)
 
-            def singles() -> int:
+            def singles() -> tuple[int, float]:
+                started = time.perf_counter()
                 for i in range(args.singles):
                     _post(client, url, *images[i % len(images)])
-                return args.singles
+                return args.singles, time.perf_counter() - started
 
             one_at_a_time = _phase(pid, log, singles)
 
-        def clients() -> int:
-            return run_clients(url, images, args.clients, args.requests_per_client)[0]
+        def clients() -> tuple[int, float]:
+            # Timed from the clients' common start, after they have connected (run_clients).
+            return run_clients(url, images, args.clients, args.requests_per_client)
 
         time.sleep(args.pause)
         concurrent = _phase(pid, log, clients)
@@ -178,21 +187,30 @@ def profile_gemm(args: argparse.Namespace, model: LoadedModel) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="ViT-L-14")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--singles", type=int, default=6, help="requests one at a time before the clients")
-    parser.add_argument("--repeats", type=int, default=3, help="forward passes per batch size in part 2")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", default="ViT-L-14", help="EMBEDDER_MODEL (random weights unless --set checkpoint=)")
+    parser.add_argument("--precision", default="fp32", help="EMBEDDER_PRECISION")
+    parser.add_argument("--clients", type=_positive, default=8, help="concurrent clients, and the largest batch")
+    parser.add_argument("--requests-per-client", type=_positive, default=4, help="images each client sends in turn")
+    parser.add_argument("--singles", type=_positive, default=6, help="requests one at a time before the clients")
+    parser.add_argument("--repeats", type=_positive, default=3, help="forward passes per batch size in part 2")
     parser.add_argument("--gemm-seconds", type=float, default=3.0, help="how long each GEMM shape is timed")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between phases")
     parser.add_argument("--set", action="append", default=[], help="another embedder setting, name=value")
     parser.add_argument("--skip-service", action="store_true", help="parts 2 and 3 only")
     parser.add_argument("--out", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    for item in args.set:
+        name = item.split("=", 1)[0]
+        if "=" not in item or name not in EmbedderSettings.model_fields:
+            parser.error(f"--set {item}: expected name=value with an embedder setting's name (e.g. torch_threads=2)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    settings = EmbedderSettings.model_validate(_settings(args))
+    try:
+        settings = EmbedderSettings.model_validate(_settings(args))
+    except ValidationError as exc:
+        parser.error(f"the embedder settings are invalid: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     report: dict[str, Any] = {"settings": _settings(args), "started": started}
     if not args.skip_service:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,8 +124,11 @@ class Batcher(Generic[In, Out]):
         if self._closed:
             raise BatcherClosed("the batcher is closed")
         if self._worker is None:
-            # Started on first use, inside the event loop that will run it.
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="batcher")
+            # Started on first use, inside the event loop that will run it, with a context of its own: a copy of the
+            # first caller's would put that request's id on every pass's log line for good.
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name="batcher", context=contextvars.Context()
+            )
         loop = asyncio.get_running_loop()
         self._calls += 1
         items = [_Item(value, loop.create_future(), self._calls) for value in values]
@@ -201,7 +205,7 @@ class Batcher(Generic[In, Out]):
                 ran = loop.time() - started
                 self.stats.seconds += ran
                 logger.debug(
-                    "a batch of %d from %d callers: %.0f ms gathering, %.0f ms running",
+                    "a batch of %d (callers: %d): %.0f ms gathering, %.0f ms running",
                     len(batch),
                     len({item.caller for item in batch}),
                     (started - idle) * 1000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -339,3 +340,28 @@ def test_a_caller_still_queued_after_a_shared_pass_is_not_waited_for_as_if_comin
     elapsed, doubler = asyncio.run(scenario())
     assert doubler.batches == [[10, 1, 2, 3], [4, 5, 11]]
     assert elapsed < 0.4
+
+
+def test_the_worker_does_not_carry_the_first_callers_context() -> None:
+    # The request id that logs carry is a context variable: the worker, started by the first caller, must not
+    # keep that caller's copy, or every later pass would be logged under the first request's id.
+    request = contextvars.ContextVar("request", default="-")
+    seen: list[str] = []
+
+    async def run(values: list[int]) -> list[int]:
+        seen.append(request.get())
+        return values
+
+    async def scenario() -> None:
+        batcher = Batcher(run, max_size=4, max_wait=0)
+
+        async def call(name: str) -> None:
+            request.set(name)
+            await batcher.submit([1])
+
+        await asyncio.create_task(call("first"))
+        await asyncio.create_task(call("second"))
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert seen == ["-", "-"]

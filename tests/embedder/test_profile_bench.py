@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import embedder_profile
 from stack.tiny_model import TinyModel
 
@@ -30,7 +32,8 @@ def test_the_profile_accounts_for_every_image_and_times_both_batch_sizes(tiny_mo
     assert max(service["concurrent"]["passes"]) <= 3  # the clients' count is the batch limit
     for phase in ("one_at_a_time", "concurrent"):
         assert 0 < service[phase]["share_in_passes"] <= 1
-        assert len(service[phase]["gathering_ms"]) == len(service[phase]["running_ms"]) == len(service[phase]["passes"])
+        assert len(service[phase]["running_ms"]) == len(service[phase]["passes"])
+        assert len(service[phase]["waits_between_passes_ms"]) == len(service[phase]["passes"]) - 1
     assert service["rss_mb_after"] > 0
     operators = report["operators"]
     assert set(operators) == {"batch_1", "batch_3", "batch_gain"}
@@ -39,3 +42,22 @@ def test_the_profile_accounts_for_every_image_and_times_both_batch_sizes(tiny_mo
     rows = gemm["tokens"]
     assert len(gemm[f"gflop_per_s_m{rows}"]) == len(gemm[f"gflop_per_s_m{3 * rows}"]) == 2
     assert gemm["batch_gain"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--singles", "0"], "--singles: 0: at least 1"),
+        (["--clients", "-1"], "--clients: -1: at least 1"),
+        (["--set", "bogus"], "--set bogus: expected name=value"),
+        (["--set", "nosuch=1"], "--set nosuch=1: expected name=value"),
+        (["--set", "max_batch_wait_ms=-5"], "the embedder settings are invalid: max_batch_wait_ms"),
+    ],
+)
+def test_arguments_that_cannot_work_are_refused_before_anything_runs(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        embedder_profile.main(argv)
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
