@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from services.common.settings import ConfigurationError, setting
+from services.embedder.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,21 @@ def _session(path: Path, threads: int):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _tower(module: torch.nn.Module, example: torch.Tensor, path: Path, threads: int):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime session of `module` quantized, from `path` when it is there. The files are written whole and
+    renamed into place, so only outside damage (a full disk's copy, an edit) leaves one unreadable: it is then made
+    again, with a warning, rather than failing every start."""
+    cached = path.is_file()
+    try:
+        return _session(_quantized(module, example, path), threads)
+    except Exception as exc:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...) for a bad file
+        if not cached:
+            raise
+        logger.warning("the cached int8 tower %s could not be read (%s); making it again", path, one_line(exc))
+        path.unlink(missing_ok=True)
+        return _session(_quantized(module, example, path), threads)
+
+
 class Int8Towers:
     """The image and text towers with int8 weights and dynamically quantized activations, run by ONNX Runtime.
 
@@ -168,9 +184,9 @@ class Int8Towers:
         else:
             folder = cache_dir / "int8" / _fingerprint(model)
         try:
-            image = _quantized(ImageTower(model), torch.zeros(1, 3, image_size, image_size), folder / "image.onnx")
-            text = _quantized(TextTower(model), torch.zeros(1, context_length, dtype=torch.long), folder / "text.onnx")
-            self.image, self.text = _session(image, threads), _session(text, threads)
+            pixels, tokens = torch.zeros(1, 3, image_size, image_size), torch.zeros(1, context_length, dtype=torch.long)
+            self.image = _tower(ImageTower(model), pixels, folder / "image.onnx", threads)
+            self.text = _tower(TextTower(model), tokens, folder / "text.onnx", threads)
         finally:
             if temporary is not None:
                 temporary.cleanup()  # ONNX Runtime has read the files
@@ -195,19 +211,13 @@ class Int8Towers:
 
 
 def check(precision: str, device: torch.device) -> None:
-    """Raise PrecisionError for a precision this device cannot run; warn for one it runs slowly."""
+    """Raise PrecisionError for a precision this device cannot run (`choose` says which ones it runs slowly)."""
     if precision == "fp16" and device.type == "cpu":
         raise PrecisionError(f"{setting('precision')}=fp16 is for GPUs; on the CPU use fp32, int8, bf16 or auto")
     if precision == "int8" and device.type != "cpu":
         raise PrecisionError(
             f"{setting('precision')}=int8 runs on the CPU (ONNX Runtime's CPU kernels); "
             f"on {device.type} use fp16 or auto"
-        )
-    if precision == "bf16" and device.type == "cpu" and not native_bf16(cpu_capability()):
-        logger.warning(
-            "bf16 precision where PyTorch runs %s kernels without native bf16: bf16 is emulated, "
-            "usually several times slower than fp32",
-            cpu_capability(),
         )
 
 
@@ -290,7 +300,14 @@ def choose(requested: str, device: torch.device, model: torch.nn.Module, *, auto
     """
     if requested != "auto":
         check(requested, device)
-        return PrecisionChoice(requested, requested, "set by the precision setting")
+        if device.type != "cpu":
+            return PrecisionChoice(requested, requested, "set by the precision setting")
+        capability = cpu_capability()  # said even when set: it is what explains a slow precision
+        reason = "set by the precision setting"
+        if requested == "bf16" and not native_bf16(capability):
+            reason += f"; emulated: PyTorch runs {capability} kernels without native bf16, usually several times slower"
+            logger.warning("bf16 precision %s", reason.split("; ", 1)[1])
+        return PrecisionChoice(requested, requested, reason, capability)
     if device.type == "cuda":
         return PrecisionChoice(requested, "fp16", "CUDA GPU: fp16 (tensor cores; cosine to fp32 1.00000 measured)")
     if device.type != "cpu":

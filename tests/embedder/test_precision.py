@@ -168,6 +168,20 @@ def test_model_info_reports_the_choice_its_reason_and_the_probe(embedder_setting
         info = client.get("/v1/model").json()
     assert info["precision"] == "int8" and info["precision_requested"] == "int8"
     assert info["precision_reason"] == "set by the precision setting" and info["precision_probe_ms"] is None
+    # Set, not chosen, and still the kernels PyTorch runs: what explains a slow precision.
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_bf16_set_where_it_is_emulated_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    module = torch.nn.Linear(4, 4)
+    with caplog.at_level("WARNING", logger="services.embedder.precision"):
+        choice = choose("bf16", torch.device("cpu"), module, auto_int8=False)
+    assert choice.precision == "bf16" and choice.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    if native_bf16(choice.cpu_capability):
+        assert choice.reason == "set by the precision setting" and not caplog.records
+    else:
+        assert "emulated" in choice.reason and choice.cpu_capability in choice.reason
+        assert len([r for r in caplog.records if "emulated" in r.getMessage()]) == 1
 
 
 def test_int8_towers_are_kept_under_the_cache_dir_and_reused(
@@ -183,4 +197,21 @@ def test_int8_towers_are_kept_under_the_cache_dir_and_reused(
     assert second.int8 is not None and second.int8.folder == first.int8.folder
     assert [f.stat().st_mtime_ns for f in files] == made  # read again, not remade
     image = [Image.new("RGB", (64, 64), (200, 30, 30))]
+    np.testing.assert_allclose(first.embed_images(image), second.embed_images(image), atol=1e-6)
+
+
+def test_a_damaged_cached_int8_tower_is_made_again_not_a_failed_start(
+    embedder_settings: EmbedderSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = embedder_settings.model_copy(update={"precision": "int8", "cache_dir": tmp_path})
+    first = load_model(settings)
+    assert first.int8 is not None and first.int8.folder is not None
+    cached = first.int8.folder / "image.onnx"
+    whole = cached.stat().st_size
+    cached.write_bytes(cached.read_bytes()[: whole // 3])  # what a full disk's copy leaves
+    with caplog.at_level("WARNING", logger="services.embedder.precision"):
+        second = load_model(settings)
+    assert "could not be read" in caplog.text and "making it again" in caplog.text
+    assert cached.stat().st_size == whole
+    image = [Image.new("RGB", (64, 64), (30, 200, 30))]
     np.testing.assert_allclose(first.embed_images(image), second.embed_images(image), atol=1e-6)
