@@ -310,7 +310,7 @@ def run_precision(args: argparse.Namespace, run: PrecisionRun, samples: list[tup
     started = time.perf_counter()
     # In-process first: it makes the int8 towers, which the service then finds in the shared cache dir.
     settings = settings_for(args, run.precision)
-    keep_freed_memory(settings.malloc_threshold_mb)  # the service's allocator policy, for a like-for-like baseline
+    keep_freed_memory(settings.malloc_threshold_mib)  # the service's allocator policy, for a like-for-like baseline
     model: LoadedModel = load_model(settings)
     model.warm_up()  # as the service does just after it says ready
     run.load_seconds = time.perf_counter() - started

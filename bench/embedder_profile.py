@@ -14,7 +14,7 @@ Three measurements, one question each, run one after the other so that none shar
    this CPU at all, whatever the service does?
 
     python -m bench.embedder_profile                                  # ViT-L-14, fp32, 8 clients x 4
-    python -m bench.embedder_profile --set malloc_threshold_mb=0      # glibc's own malloc policy, to compare
+    python -m bench.embedder_profile --set malloc_threshold_mib=0      # glibc's own malloc policy, to compare
 
 Prints a JSON report (and writes it to --out). A per-thread Python stack sampler was tried before and is gone:
 with the clients in the service's process it counted their GIL contention as time between passes.
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_service:
         report["service"] = profile_service(args)
     # In-process after the service has stopped, with its allocator policy: nothing else computes meanwhile.
-    report["malloc_thresholds_set"] = keep_freed_memory(settings.malloc_threshold_mb)
+    report["malloc_thresholds_set"] = keep_freed_memory(settings.malloc_threshold_mib)
     model = load_model(settings)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

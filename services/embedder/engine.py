@@ -82,7 +82,7 @@ def single_threaded(func: Callable[..., T], *args: Any) -> T:
 
 def load_resources(settings: EmbedderSettings) -> tuple[LoadedModel, TreeOfLife | None]:
     """The model, then the TreeOfLife labels when configured; any failure is a ModelLoadError naming the setting."""
-    keep_freed_memory(settings.malloc_threshold_mb)  # before the model's first allocations
+    keep_freed_memory(settings.malloc_threshold_mib)  # before the model's first allocations
     model = load_model(settings)
     tree = None
     if settings.tree_of_life_dir is not None:

@@ -31,25 +31,25 @@ M_MMAP_THRESHOLD = -3
 MIB = 1 << 20
 
 
-def keep_freed_memory(threshold_mb: int) -> bool:
-    """Set glibc's mmap and trim thresholds to `threshold_mb` MiB: blocks up to that size are served from, and
+def keep_freed_memory(threshold_mib: int) -> bool:
+    """Set glibc's mmap and trim thresholds to `threshold_mib` MiB: blocks up to that size are served from, and
     freed back into, the heap instead of the kernel. Process-wide; applies to allocations made after the call.
 
     Returns whether the thresholds were set: False for 0 (glibc's own adaptive policy is kept), or where the C
     library is not glibc (musl, macOS: nothing to set; logged). Raises ValueError outside 0..2047 (mallopt takes
     a C int of bytes).
     """
-    if not 0 <= threshold_mb < 2048:
-        raise ValueError(f"threshold_mb must be within 0..2047, not {threshold_mb}")
-    if threshold_mb == 0:
+    if not 0 <= threshold_mib < 2048:
+        raise ValueError(f"threshold_mib must be within 0..2047, not {threshold_mib}")
+    if threshold_mib == 0:
         return False
     if platform.libc_ver()[0] != "glibc":
         logger.info("malloc thresholds left as they are: the C library is not glibc")
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    value = threshold_mb * MIB
+    value = threshold_mib * MIB
     if not (libc.mallopt(M_MMAP_THRESHOLD, value) and libc.mallopt(M_TRIM_THRESHOLD, value)):
-        logger.warning("glibc refused malloc thresholds of %d MiB; its own policy stays", threshold_mb)
+        logger.warning("glibc refused malloc thresholds of %d MiB; its own policy stays", threshold_mib)
         return False
-    logger.info("malloc: blocks up to %d MiB are reused from the heap (glibc mmap and trim thresholds)", threshold_mb)
+    logger.info("malloc: blocks up to %d MiB are reused from the heap (glibc mmap and trim thresholds)", threshold_mib)
     return True

@@ -64,7 +64,7 @@ class EmbedderSettings(ServiceSettings):
         "after a pass several requests shared, as many requests as shared it (the first request after such a pass "
         "waits however late it comes; a lone request after a lone pass never waits).",
     )
-    malloc_threshold_mb: int = Field(
+    malloc_threshold_mib: int = Field(
         1024,
         ge=0,
         le=2047,

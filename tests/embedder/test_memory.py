@@ -29,12 +29,12 @@ print(faults() - before)
 """
 
 
-def _faults_on_reuse(threshold_mb: int) -> tuple[str, int]:
+def _faults_on_reuse(threshold_mib: int) -> tuple[str, int]:
     # A fresh process: the policy is process-wide and glibc's adaptive threshold remembers what it has seen.
     # numpy would ask for transparent huge pages on large blocks (512 times fewer faults); torch does not.
     env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0"}
     done = subprocess.run(
-        [sys.executable, "-c", REUSE, str(threshold_mb)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", REUSE, str(threshold_mib)], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     applied, faults = done.stdout.split()
     return applied, int(faults)
@@ -55,9 +55,9 @@ def test_glibcs_own_policy_maps_each_large_block_afresh() -> None:
     assert faults > 5 * 9_000
 
 
-@pytest.mark.parametrize("threshold_mb", [-1, 2048])
-def test_a_threshold_mallopt_cannot_take_is_refused(threshold_mb: int) -> None:
+@pytest.mark.parametrize("threshold_mib", [-1, 2048])
+def test_a_threshold_mallopt_cannot_take_is_refused(threshold_mib: int) -> None:
     with pytest.raises(ValueError, match=r"0\.\.2047"):
-        keep_freed_memory(threshold_mb)
-    with pytest.raises(ValidationError, match="malloc_threshold_mb"):
-        EmbedderSettings(malloc_threshold_mb=threshold_mb)
+        keep_freed_memory(threshold_mib)
+    with pytest.raises(ValidationError, match="malloc_threshold_mib"):
+        EmbedderSettings(malloc_threshold_mib=threshold_mib)
