@@ -46,8 +46,8 @@ from PIL import Image, ImageDraw
 
 from bench.precision_check import exact_index, top_k_overlap
 from services.common.images import decode_image
-from services.embedder.memory import keep_freed_memory
-from services.embedder.model import LoadedModel, load_model
+from services.embedder.engine import load_resources
+from services.embedder.model import LoadedModel
 from services.embedder.precision import cpu_capability, native_bf16
 from services.embedder.settings import EmbedderSettings
 from stack.demo_collection import SPECIES, draw_specimen
@@ -310,8 +310,7 @@ def run_precision(args: argparse.Namespace, run: PrecisionRun, samples: list[tup
     started = time.perf_counter()
     # In-process first: it makes the int8 towers, which the service then finds in the shared cache dir.
     settings = settings_for(args, run.precision)
-    keep_freed_memory(settings.malloc_threshold_mib)  # the service's allocator policy, for a like-for-like baseline
-    model: LoadedModel = load_model(settings)
+    model: LoadedModel = load_resources(settings)[0]  # the service's loader (its allocator policy too): like for like
     model.warm_up()  # as the service does just after it says ready
     run.load_seconds = time.perf_counter() - started
     process = start_service(args, run.precision, logs)

@@ -39,8 +39,8 @@ from pydantic import ValidationError
 
 from bench.embedder import _free_port, _post, run_clients, varied_images
 from bench.proc import ProcStat, proc_stat
-from services.embedder.memory import keep_freed_memory
-from services.embedder.model import LoadedModel, load_model
+from services.embedder.engine import load_resources
+from services.embedder.model import LoadedModel
 from services.embedder.settings import EmbedderSettings
 from stack.processes import service
 
@@ -216,10 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_service:
         report["service"] = profile_service(args)
     # In-process after the service has stopped, with its allocator policy: nothing else computes meanwhile.
-    report["malloc_thresholds_set"] = keep_freed_memory(settings.malloc_threshold_mib)
-    model = load_model(settings)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    model = load_resources(settings)[0]  # the service's loader: its allocator policy and torch threads too
+    report["malloc_threshold_mib"] = settings.malloc_threshold_mib
     report["torch_threads"] = torch.get_num_threads()
     report["operators"] = profile_operators(args, model)
     report["gemm"] = profile_gemm(args, model)

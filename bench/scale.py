@@ -131,16 +131,6 @@ def cached_fraction(folder: Path) -> float:
     return round(cached / total, 3) if total else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far: what a step cost whatever else was running."""
-    return proc_stat(pid).cpu_s
-
-
-def major_faults(pid: int) -> int:
-    """Page faults of a process (all its threads) that had to read from disk: a cold page cache at work."""
-    return proc_stat(pid).major_faults
-
-
 def log_marks(log: Path, patterns: dict[str, str]) -> dict[str, datetime]:
     """The time of the first line of the service's log containing each pattern (names without a line left out)."""
     marks: dict[str, datetime] = {}
@@ -244,7 +234,7 @@ class Service:
         self.ready_at = time.perf_counter()
         ready = self.ready_at - started
         # Imports happen before the first log line, so that stage is launch -> "Started server process".
-        return {"ready_s": round(ready, 2), "cpu_s": round(cpu_seconds(self.process.pid), 2)}
+        return {"ready_s": round(ready, 2), "cpu_s": round(proc_stat(self.process.pid).cpu_s, 2)}
 
     @property
     def pid(self) -> int:
@@ -351,8 +341,7 @@ def grid(
                 filled = 0
                 stopped: dict[str, int] = {}
                 errors: dict[str, int] = {}
-                cpu_before = cpu_seconds(service.pid)
-                faults_before = major_faults(service.pid)
+                before = proc_stat(service.pid)  # CPU seconds and disk reads (major faults) of this cell
                 for i in range(count):
                     number = (i * 7 + 100) % len(vectors)
                     scope, filters = cell_query(queries, number, variant)
@@ -369,14 +358,15 @@ def grid(
                     stopped[out["stopped"]] = stopped.get(out["stopped"], 0) + 1
                     if memory_at is not None and mem is None and done >= memory_at:
                         mem = memory(service.pid)
-                cpu = (cpu_seconds(service.pid) - cpu_before) * 1000 / count
+                after = proc_stat(service.pid)
+                cpu = (after.cpu_s - before.cpu_s) * 1000 / count
                 if not took:
                     took, http = [float("nan")], [float("nan")]
                     stages = {k: [float("nan")] for k in stages}
                 cells[f"{top_n}/{nprobe}/{variant}"] = {
                     "took_ms": percentiles(took),
                     "service_cpu_ms_per_query": round(cpu, 2),
-                    "major_faults_per_query": round((major_faults(service.pid) - faults_before) / count, 1),
+                    "major_faults_per_query": round((after.major_faults - before.major_faults) / count, 1),
                     "http_ms": percentiles(http),
                     "stages_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
                     "filled": filled,
