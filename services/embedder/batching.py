@@ -204,13 +204,14 @@ class Batcher(Generic[In, Out]):
                 results = await self._run_batch([item.value for item in batch])
                 ran = loop.time() - started
                 self.stats.seconds += ran
-                logger.debug(
-                    "a batch of %d (callers: %d): %.0f ms gathering, %.0f ms running",
-                    len(batch),
-                    len({item.caller for item in batch}),
-                    (started - idle) * 1000,
-                    ran * 1000,
-                )
+                if logger.isEnabledFor(logging.DEBUG):  # counting the callers is work only the log line needs
+                    logger.debug(
+                        "a batch of %d (callers: %d): %.0f ms gathering, %.0f ms running",
+                        len(batch),
+                        len({item.caller for item in batch}),
+                        (started - idle) * 1000,
+                        ran * 1000,
+                    )
                 if len(results) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
             except asyncio.CancelledError:

@@ -201,13 +201,16 @@ class Int8Towers:
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float32 pixels -> (B, dim) float32 vectors, one ONNX Runtime run per image."""
-        rows = pixels.float().numpy()
-        return torch.from_numpy(np.concatenate([self.image.run(None, {"input": row[None]})[0] for row in rows]))
+        return _each(self.image, pixels.float().numpy())
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, context) int64 tokens -> (B, dim) float32 vectors, one ONNX Runtime run per text."""
-        rows = tokens.numpy().astype(np.int64)
-        return torch.from_numpy(np.concatenate([self.text.run(None, {"input": row[None]})[0] for row in rows]))
+        return _each(self.text, tokens.numpy().astype(np.int64))
+
+
+def _each(session, rows: np.ndarray) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The session's output for each row of `rows` run on its own, stacked: (B, dim)."""
+    return torch.from_numpy(np.concatenate([session.run(None, {"input": row[None]})[0] for row in rows]))
 
 
 def check(precision: str, device: torch.device) -> None:
@@ -305,8 +308,9 @@ def choose(requested: str, device: torch.device, model: torch.nn.Module, *, auto
         capability = cpu_capability()  # said even when set: it is what explains a slow precision
         reason = "set by the precision setting"
         if requested == "bf16" and not native_bf16(capability):
-            reason += f"; emulated: PyTorch runs {capability} kernels without native bf16, usually several times slower"
-            logger.warning("bf16 precision %s", reason.split("; ", 1)[1])
+            emulated = f"emulated: PyTorch runs {capability} kernels without native bf16, usually several times slower"
+            logger.warning("bf16 precision %s", emulated)
+            reason += f"; {emulated}"
         return PrecisionChoice(requested, requested, reason, capability)
     if device.type == "cuda":
         return PrecisionChoice(requested, "fp16", "CUDA GPU: fp16 (tensor cores; cosine to fp32 1.00000 measured)")

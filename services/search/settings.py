@@ -66,8 +66,8 @@ class SearchSettings(ServiceSettings):
         "off",
         description="After start-up, read the collection's files once in the background so that they are in the "
         "page cache before queries need them: `index` the FAISS index when memory-mapped (SEARCH_MMAP=true), `all` "
-        "the lookup sidecar too "
-        "(at 200M vectors 5.0 + 9.4 GB: 28 s of sequential reads on the benchmark's disk). Worth it where RAM "
+        "the lookup sidecar too (at 200M vectors 5.0 + 9.4 GB: 28 s of sequential reads on the benchmark's disk). "
+        "Worth it where RAM "
         "holds them beside everything else; `off`: pages are read as queries touch them, so the first queries "
         "after a cold start wait for the disk.",
     )
