@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = 2 if args.index is not None else MIN_OWN_COLLECTION
     if len(photos) < needed:
         print(
-            f"{args.photos}: {len(photos)} decodable photos; at least {needed} are needed"
+            f"{args.photos} (searched recursively): {len(photos)} decodable photo(s); at least {needed} are needed"
             + ("" if args.index is not None else " without --index (the photos are then the collection searched)"),
             file=sys.stderr,
         )

@@ -25,6 +25,7 @@ import torch
 
 from services.common.settings import ConfigurationError, setting
 from services.embedder.errors import one_line
+from services.embedder.settings import EmbedderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def choose(requested: str, device: torch.device, model: torch.nn.Module, *, auto
     if not bf16:
         skipped.append(f"bf16 not native ({capability} kernels)")
     if not auto_int8:
-        skipped.append("int8 not enabled for auto (the auto_int8 setting)")
+        skipped.append(f"int8 not enabled for auto ({EmbedderSettings.env_name('auto_int8')})")
     why_not = "; ".join(skipped)
     if timings is None:
         reason = "only fp32 to choose from" if len(candidates) == 1 else "no transformer block to probe"

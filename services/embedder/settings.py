@@ -68,7 +68,8 @@ class EmbedderSettings(ServiceSettings):
         1024,
         ge=0,
         le=2047,
-        description="glibc's mmap and trim thresholds, in MiB: a forward pass's large activations are freed into, "
+        description="glibc's mmap and trim thresholds, in MiB (0-2047: mallopt takes a C int of bytes): a forward "
+        "pass's large activations are freed into, "
         "and taken again from, the heap instead of being unmapped and page-faulted in again on every pass (the "
         "passes about 10% faster on CPU; docs/benchmarks/embedder.md). Memory a pass freed stays in the "
         "process for the next. Blocks above 64 MiB (batches of more than 15 ViT-L/14 images) are mapped afresh "
